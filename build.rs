@@ -1,0 +1,27 @@
+//! Records the git commit the binary is built from, so `/` and `/-/status` identify the build.
+//! A packager without `.git` (a container build) can pass `BATON_GIT_COMMIT` instead.
+
+use std::process::Command;
+
+fn main() {
+    let commit = std::env::var("BATON_GIT_COMMIT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=BATON_GIT_COMMIT={commit}");
+    println!("cargo:rerun-if-env-changed=BATON_GIT_COMMIT");
+    // A commit moves the branch ref (loose or packed), not HEAD itself.
+    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+}

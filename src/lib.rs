@@ -1,0 +1,25 @@
+//! baton: an axum service template that is never down.
+//!
+//! A new binary replaces the running one on `SIGUSR2` and a new configuration replaces the
+//! current one on `SIGUSR1`/`SIGHUP`, while requests keep flowing and none is lost.
+//!
+//! # Layout
+//! - [`cli`]: the subcommands (`serve`, `check`, `reload`, `upgrade`, `stop`, `status`, `health`).
+//! - [`settings`]: typed, layered, validated settings and the live store that reloads them.
+//! - [`telemetry`]: tracing set-up with a log filter that reloads.
+//! - [`app`]: the HTTP application: routes, state, the error type, the admin endpoints.
+//! - [`lifecycle`]: signals, listeners, the upgrade handshake, the drain, the pid file, and the
+//!   client side of the control protocol. It knows nothing about the routes.
+//! - [`server`]: wires the application into the lifecycle (`baton serve`).
+
+pub mod app;
+pub mod cli;
+pub mod lifecycle;
+pub mod server;
+pub mod settings;
+pub mod telemetry;
+
+/// The build's identity: crate version plus the git commit it was built from.
+pub fn version() -> &'static str {
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("BATON_GIT_COMMIT"), ")")
+}

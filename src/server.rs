@@ -1,0 +1,1 @@
+//! Wires the application into the lifecycle. (Being written.)

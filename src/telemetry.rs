@@ -1,0 +1,1 @@
+//! Tracing set-up with a log filter that a reload can change. (Being written.)
