@@ -19,7 +19,8 @@ pub mod server;
 pub mod settings;
 pub mod telemetry;
 
-/// The build's identity: crate version plus the git commit it was built from.
+/// The build's identity: crate version plus the git commit it was built from, as semver build
+/// metadata (`0.1.0+3f2a9c1d4e5b`).
 pub fn version() -> &'static str {
-    concat!(env!("CARGO_PKG_VERSION"), " (", env!("BATON_GIT_COMMIT"), ")")
+    concat!(env!("CARGO_PKG_VERSION"), "+", env!("BATON_GIT_COMMIT"))
 }

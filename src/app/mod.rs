@@ -1,33 +1,66 @@
 //! The HTTP application: the public router, the admin router and the state they share.
 //!
-//! INTERFACE SKELETON: signatures are fixed; bodies are being written.
+//! # Layout
+//! - `state`: [`AppState`], shared by every handler.
+//! - `error`: [`AppError`], the one error type; it becomes `{"error": "..."}`.
+//! - `extract`: the request's settings snapshot, the API key check, and `Json`/`Query`/`Path`
+//!   rejecting with [`AppError`].
+//! - `middleware`: per-request settings snapshot, request timeout, response counting.
+//! - `routes`: the public handlers, one file per resource.
+//! - `admin`: `/-/status` and `/metrics`.
+//! - `metrics`: the request counters behind `/metrics`.
 
-use std::sync::Arc;
+mod admin;
+mod error;
+mod extract;
+mod metrics;
+mod middleware;
+mod routes;
+mod state;
+#[cfg(test)]
+mod tests;
 
 use axum::Router;
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
 
-use crate::lifecycle::ProcessState;
-use crate::settings::SettingsStore;
+pub use error::AppError;
+pub use state::AppState;
 
-/// Everything a handler may need. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AppState {}
-
-impl AppState {
-    pub fn new(settings: Arc<SettingsStore>, process: ProcessState) -> Self {
-        let _ = (settings, process);
-        unimplemented!()
-    }
-}
+use routes::{events, items, root, settings, slow};
 
 /// The public service: `/`, `/healthz`, `/readyz`, `/api/...`.
 pub fn router(state: AppState) -> Router {
-    let _ = state;
-    unimplemented!()
+    let api = Router::new()
+        .route("/settings", get(settings::show))
+        .route("/items", get(items::list).post(items::create))
+        .route("/items/{id}", get(items::show).delete(items::delete))
+        .route("/slow", get(slow::sleep))
+        .route("/events", get(events::stream));
+
+    Router::new()
+        .route("/", get(root::greet))
+        .route("/healthz", get(root::healthz))
+        .route("/readyz", get(root::readyz))
+        .nest("/api", api)
+        .fallback(root::not_found)
+        // Layers run outside-in in the reverse order of these calls: the trace span wraps
+        // everything, including a timeout's 503.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::apply_settings,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
 }
 
-/// The admin service: `/-/status`, `/metrics`.
+/// The admin service: `/-/status`, `/metrics`. Not counted in `baton_requests_total`, so
+/// scrapes do not show up as traffic.
 pub fn admin_router(state: AppState) -> Router {
-    let _ = state;
-    unimplemented!()
+    Router::new()
+        .route("/-/status", get(admin::status))
+        .route("/metrics", get(admin::metrics))
+        .fallback(root::not_found)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
 }

@@ -33,7 +33,7 @@ impl Phase {
 }
 
 /// One listening socket, as `/-/status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ListenerInfo {
     pub name: String,
     pub addr: SocketAddr,
@@ -42,7 +42,7 @@ pub struct ListenerInfo {
 }
 
 /// The outcome of the last upgrade attempt this process made.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct UpgradeRecord {
     /// Counts every attempt, refused ones included, so a client can wait for "the next one".
     pub seq: u64,
@@ -53,6 +53,15 @@ pub struct UpgradeRecord {
     pub new_pid: Option<u32>,
     /// Why it failed or was refused, in words a user can act on.
     pub error: Option<String>,
+}
+
+/// An upgrade request that was refused because of what the process was doing.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RefusalRecord {
+    pub seq: u64,
+    pub reason: String,
+    /// `true` when refused because another upgrade is in flight: its outcome is still to come.
+    pub in_flight: bool,
 }
 
 /// Shared, cheap-to-clone handle on this process's lifecycle state.
@@ -75,6 +84,8 @@ struct Inner {
     upgrades_ok: AtomicU64,
     upgrades_failed: AtomicU64,
     last_upgrade: Mutex<Option<UpgradeRecord>>,
+    upgrades_refused: AtomicU64,
+    last_refusal: Mutex<Option<RefusalRecord>>,
 }
 
 impl ProcessState {
@@ -92,6 +103,8 @@ impl ProcessState {
                 upgrades_ok: AtomicU64::new(0),
                 upgrades_failed: AtomicU64::new(0),
                 last_upgrade: Mutex::new(None),
+                upgrades_refused: AtomicU64::new(0),
+                last_refusal: Mutex::new(None),
             }),
         }
     }
@@ -148,6 +161,14 @@ impl ProcessState {
         lock(&self.inner.last_upgrade).clone()
     }
 
+    pub fn upgrades_refused(&self) -> u64 {
+        self.inner.upgrades_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn last_refusal(&self) -> Option<RefusalRecord> {
+        lock(&self.inner.last_refusal).clone()
+    }
+
     // ---- mutators: only the lifecycle changes the state ----
 
     pub(crate) fn set_phase(&self, phase: Phase) {
@@ -198,6 +219,19 @@ impl ProcessState {
             ok,
             new_pid,
             error,
+        });
+    }
+}
+
+impl ProcessState {
+    pub(crate) fn record_refusal(&self, reason: String, in_flight: bool) {
+        self.inner.upgrades_refused.fetch_add(1, Ordering::Relaxed);
+        let mut last = lock(&self.inner.last_refusal);
+        let seq = last.as_ref().map_or(1, |r| r.seq + 1);
+        *last = Some(RefusalRecord {
+            seq,
+            reason,
+            in_flight,
         });
     }
 }

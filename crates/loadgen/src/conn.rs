@@ -1,0 +1,292 @@
+//! One client connection (HTTP/1.1 or h2c) and one request on it, with "never sent" told apart
+//! from "sent and lost".
+//!
+//! That distinction decides whether a closed connection is a clean reconnect or a failed request,
+//! so it comes from the protocol libraries' own knowledge, never from timing:
+//! - HTTP/1.1 uses hyper's `try_send_request`, which hands a request back only if none of it was
+//!   written to the socket.
+//! - HTTP/2 uses h2 directly: `SendRequest::ready` and `send_request` fail synchronously, before
+//!   a stream exists, when the connection has had a GOAWAY or is gone. (hyper's http2 client
+//!   reports that case like a lost stream, which would count a clean reconnect as a failure.)
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper::header::{CONNECTION, HOST, HeaderValue};
+use hyper::{HeaderMap, Request, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::failure::{self, Failure};
+use crate::response::{Response, says_close};
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    H2c,
+}
+
+/// Where requests go and what they ask for, validated once.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    addr: SocketAddr,
+    /// `/path?query`, for HTTP/1.1.
+    origin_form: Uri,
+    /// `http://addr/path?query`, for HTTP/2 (`:scheme` and `:authority` come from it).
+    absolute: Uri,
+    host: HeaderValue,
+}
+
+impl Target {
+    /// Validates `path` (it must start with `/` and be a valid URI path and query).
+    pub(crate) fn new(addr: SocketAddr, path: &str) -> Result<Self, Failure> {
+        let invalid = |reason: String| {
+            Failure::Other(format!(
+                "invalid request path {path:?}: {reason}; give a path such as \"/\" or \"/healthz\""
+            ))
+        };
+        if !path.starts_with('/') {
+            return Err(invalid("it must start with '/'".to_owned()));
+        }
+        let origin_form: Uri = path.parse().map_err(|err| invalid(format!("{err}")))?;
+        let absolute: Uri = format!("http://{addr}{path}")
+            .parse()
+            .map_err(|err| invalid(format!("{err}")))?;
+        let host = HeaderValue::try_from(addr.to_string()).map_err(|err| invalid(err.to_string()))?;
+        Ok(Self {
+            addr,
+            origin_form,
+            absolute,
+            host,
+        })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Why a request did not produce a response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The connection was closed before any byte of the request was written: the server never saw
+    /// it, so the caller may send it on a new connection without that being a retry.
+    NotSent,
+    /// The request was (at least partly) written and no full response came back.
+    Failed(Failure),
+}
+
+/// A full response with its body read to the end.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    /// The server announced it closes this connection after the response (HTTP/1.1 only).
+    pub(crate) closes: bool,
+}
+
+impl From<Reply> for Response {
+    fn from(reply: Reply) -> Self {
+        let headers = reply
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        Response {
+            status: reply.status,
+            headers,
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+        }
+    }
+}
+
+/// An open connection of either protocol. Dropping it closes the socket.
+#[derive(Debug)]
+pub(crate) enum Connection {
+    Http1(Http1),
+    H2c(H2c),
+}
+
+impl Connection {
+    /// Opens a TCP connection and starts the protocol on it. No timeout: callers bound it.
+    pub(crate) async fn open(addr: SocketAddr, protocol: Protocol) -> Result<Self, Failure> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|err| Failure::Connect(format!("{addr}: {err}")))?;
+        // Requests are tiny; Nagle would only add latency to the measurements.
+        stream
+            .set_nodelay(true)
+            .map_err(|err| Failure::Connect(format!("{addr}: set TCP_NODELAY: {err}")))?;
+        match protocol {
+            Protocol::Http1 => Http1::start(stream).await.map(Connection::Http1),
+            Protocol::H2c => H2c::start(stream).await.map(Connection::H2c),
+        }
+    }
+
+    /// Sends one GET for `target` and reads the full response. `close` asks an HTTP/1.1 server
+    /// to close the connection after answering. No timeout: callers bound it.
+    pub(crate) async fn send(&mut self, target: &Target, close: bool) -> Result<Reply, SendError> {
+        match self {
+            Connection::Http1(conn) => conn.send(target, close).await,
+            Connection::H2c(conn) => conn.send(target).await,
+        }
+    }
+}
+
+/// The task driving a connection's I/O, stopped when the connection is dropped so that no socket
+/// outlives the load run.
+#[derive(Debug)]
+struct Driver(JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An HTTP/1.1 connection (hyper's low-level client, which never retries).
+#[derive(Debug)]
+pub(crate) struct Http1 {
+    sender: http1::SendRequest<Empty<Bytes>>,
+    _driver: Driver,
+}
+
+impl Http1 {
+    async fn start(stream: TcpStream) -> Result<Self, Failure> {
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| Failure::Connect(failure::chain(&err)))?;
+        // The connection's own error is also delivered to the request that was in flight, which
+        // is where it is counted.
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender,
+            _driver: Driver(driver),
+        })
+    }
+
+    async fn send(&mut self, target: &Target, close: bool) -> Result<Reply, SendError> {
+        // Fails only when the connection is already closed, before anything was written.
+        self.sender.ready().await.map_err(|_| SendError::NotSent)?;
+
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = target.origin_form.clone();
+        request.headers_mut().insert(HOST, target.host.clone());
+        if close {
+            request
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+
+        let response = match self.sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut err) => {
+                return Err(if err.take_message().is_some() {
+                    SendError::NotSent
+                } else {
+                    SendError::Failed(failure::from_hyper(err.error()))
+                });
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|err| SendError::Failed(failure::from_hyper(&err)))?
+            .to_bytes();
+        let closes = parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|value| says_close(value.as_bytes()))
+            || parts.version == Version::HTTP_10;
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            closes,
+        })
+    }
+}
+
+/// An HTTP/2 connection without TLS ("h2c with prior knowledge").
+#[derive(Debug)]
+pub(crate) struct H2c {
+    /// `None` only after `ready` failed: the connection is unusable and will be dropped.
+    sender: Option<h2::client::SendRequest<Bytes>>,
+    _driver: Driver,
+}
+
+impl H2c {
+    async fn start(stream: TcpStream) -> Result<Self, Failure> {
+        let (sender, connection) = h2::client::handshake(stream)
+            .await
+            .map_err(|err| Failure::Connect(failure::chain(&err)))?;
+        // As for HTTP/1.1, the connection's error reaches the open stream, which counts it.
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender: Some(sender),
+            _driver: Driver(driver),
+        })
+    }
+
+    async fn send(&mut self, target: &Target) -> Result<Reply, SendError> {
+        let sender = self.sender.take().ok_or(SendError::NotSent)?;
+        // Fails once a GOAWAY arrived or the connection is gone: no stream was opened.
+        let mut sender = sender.ready().await.map_err(|_| SendError::NotSent)?;
+
+        let mut request = Request::new(());
+        *request.uri_mut() = target.absolute.clone();
+        *request.version_mut() = Version::HTTP_2;
+        // Fails synchronously, before a stream exists, for the same reasons as `ready`.
+        let (response, _) = sender
+            .send_request(request, true)
+            .map_err(|_| SendError::NotSent)?;
+        self.sender = Some(sender);
+
+        let response = response
+            .await
+            .map_err(|err| SendError::Failed(failure::from_h2(&err)))?;
+        let (parts, mut body) = response.into_parts();
+        let mut collected = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|err| SendError::Failed(failure::from_h2(&err)))?;
+            collected.extend_from_slice(&chunk);
+            // Give the window back, or a body larger than the window stalls until the timeout.
+            body.flow_control()
+                .release_capacity(chunk.len())
+                .map_err(|err| SendError::Failed(failure::from_h2(&err)))?;
+        }
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: Bytes::from(collected),
+            closes: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_rejects_relative_and_invalid_paths() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        assert!(Target::new(addr, "/healthz?x=1").is_ok());
+        assert!(matches!(Target::new(addr, "healthz"), Err(Failure::Other(_))));
+        assert!(matches!(Target::new(addr, "/a b"), Err(Failure::Other(_))));
+    }
+}

@@ -1,0 +1,47 @@
+//! `/` (who is serving), `/healthz` (alive) and `/readyz` (should get traffic).
+
+use axum::extract::{OriginalUri, State};
+use axum::http::{Method, StatusCode};
+
+use crate::app::error::AppError;
+use crate::app::extract::CurrentSettings;
+use crate::app::state::AppState;
+use crate::lifecycle::Phase;
+
+/// `<greeting> (version <v>, pid <pid>, generation <g>)`: which build, process and binary
+/// generation answered, so an upgrade is visible from `curl`.
+pub(crate) async fn greet(
+    State(state): State<AppState>,
+    CurrentSettings(settings): CurrentSettings,
+) -> String {
+    let process = state.process();
+    format!(
+        "{} (version {}, pid {}, generation {})\n",
+        settings.app.greeting,
+        crate::version(),
+        process.pid(),
+        process.generation()
+    )
+}
+
+/// Liveness: the process answers. Stays 200 while draining, so an orchestrator does not kill a
+/// process that is finishing its requests.
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: 503 before serving starts and from the moment the drain begins, so load
+/// balancers stop sending new work here.
+pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    match state.process().phase() {
+        // An upgrade in progress still serves; the new process takes over only when ready.
+        Phase::Serving | Phase::Upgrading => (StatusCode::OK, "ready\n"),
+        Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+    }
+}
+
+/// Unknown routes get the same JSON error shape as the API.
+pub(crate) async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> AppError {
+    AppError::NotFound(format!("no route for {method} {}", uri.path()))
+}

@@ -1,0 +1,253 @@
+//! The client side of the control protocol (`baton reload | upgrade | stop | status`): find the
+//! server through its pid file, prove the pid is still that server, signal it, and wait with a
+//! deadline for the outcome it records in its state file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::pidfile::{self, PidFileError, proc_stat, state_path};
+use super::record::{ReloadSummary, ServerRecord};
+
+/// How often a client looks at the state file while it waits.
+const POLL: Duration = Duration::from_millis(20);
+/// During a handover the pid file names the new process a moment before its state file does.
+const HANDOVER_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("baton is not running (no pid file at {})", path.display())]
+    NotRunning { path: PathBuf },
+    #[error(
+        "stale pid file {}: pid {pid} is not the baton that wrote it ({why}); nothing was \
+         signalled. Remove the file if baton is not running, then start it",
+        path.display()
+    )]
+    Stale {
+        path: PathBuf,
+        pid: u32,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    #[error("cannot signal baton (pid {pid}): {source}")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("timed out after {after:?} waiting for {what}; see the server's log")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("baton (pid {pid}) exited while {what}")]
+    Exited { pid: u32, what: &'static str },
+    #[error("reload rejected: {0}")]
+    ReloadRejected(String),
+    #[error("upgrade failed: {0}")]
+    UpgradeFailed(String),
+    #[error("upgrade refused: {0}")]
+    UpgradeRefused(String),
+}
+
+impl ControlError {
+    /// LSB-style: 3 means "not running", 1 any other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ControlError::NotRunning { .. } => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// A running server, verified.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub pid: u32,
+    pub record: ServerRecord,
+}
+
+/// Finds the server named by `pid_file` and checks the pid is still that server: same pid and
+/// start time as its state file, alive and not a zombie. A stale file is refused, so a reused
+/// pid never gets our signal.
+pub fn locate(pid_file: &Path) -> Result<Located, ControlError> {
+    let deadline = Instant::now() + HANDOVER_GRACE;
+    loop {
+        let pid = pidfile::read(pid_file)?.ok_or_else(|| ControlError::NotRunning {
+            path: pid_file.to_owned(),
+        })?;
+        let stale = |why| ControlError::Stale {
+            path: pid_file.to_owned(),
+            pid,
+            why,
+        };
+        let Some(stat) = proc_stat(pid) else {
+            return Err(stale("no process has that pid"));
+        };
+        if stat.zombie {
+            return Err(stale("that process has exited"));
+        }
+        match ServerRecord::read(&state_path(pid_file)) {
+            Some(record) if record.pid == pid && record.start_ticks == stat.start_ticks => {
+                return Ok(Located { pid, record });
+            }
+            Some(record) if record.pid == pid => {
+                return Err(stale("that pid now belongs to another process"));
+            }
+            // The file may be mid-handover (pid file first, state file next): look again.
+            _ if Instant::now() < deadline => std::thread::sleep(POLL),
+            Some(_) => return Err(stale("the state file names another process")),
+            None => return Err(stale("its state file is missing")),
+        }
+    }
+}
+
+fn signal(pid: u32, signal: Signal) -> Result<(), ControlError> {
+    let raw = i32::try_from(pid).map_err(|_| ControlError::Signal {
+        pid,
+        source: nix::Error::EINVAL,
+    })?;
+    kill(Pid::from_raw(raw), signal).map_err(|source| ControlError::Signal { pid, source })
+}
+
+fn alive(pid: u32, start_ticks: u64) -> bool {
+    proc_stat(pid).is_some_and(|s| !s.zombie && s.start_ticks == start_ticks)
+}
+
+/// Polls `check` until it gives an answer or `timeout` passes.
+fn wait_for<T>(
+    timeout: Duration,
+    what: &'static str,
+    mut check: impl FnMut() -> Option<Result<T, ControlError>>,
+) -> Result<T, ControlError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(answer) = check() {
+            return answer;
+        }
+        if Instant::now() >= deadline {
+            return Err(ControlError::Timeout {
+                what,
+                after: timeout,
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// SIGUSR1, then the server's verdict on the configuration it re-read.
+pub fn reload(pid_file: &Path, timeout: Duration) -> Result<ReloadSummary, ControlError> {
+    let Located { pid, record } = locate(pid_file)?;
+    let before = record.last_reload.as_ref().map_or(0, |r| r.seq);
+    signal(pid, Signal::SIGUSR1)?;
+    let state = state_path(pid_file);
+    wait_for(timeout, "the reload outcome", || {
+        if !alive(pid, record.start_ticks) {
+            return Some(Err(ControlError::Exited {
+                pid,
+                what: "reloading",
+            }));
+        }
+        let now = ServerRecord::read(&state).filter(|r| r.pid == pid)?;
+        let reload = now.last_reload.filter(|r| r.seq > before)?;
+        Some(match reload.error {
+            Some(error) => Err(ControlError::ReloadRejected(error)),
+            None => Ok(reload),
+        })
+    })
+}
+
+/// A finished upgrade.
+#[derive(Debug, Clone)]
+pub struct Upgraded {
+    pub old_pid: u32,
+    pub new_pid: u32,
+    pub version: String,
+}
+
+/// Checks the configuration with the binary an upgrade will start (as `nginx -t`), then
+/// SIGUSR2, then waits until the next generation serves or the server says why not.
+pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, ControlError> {
+    let Located { pid, record } = locate(pid_file)?;
+    precheck(&record)?;
+    let upgrades_before = record.last_upgrade.as_ref().map_or(0, |r| r.seq);
+    let refusals_before = record.last_refusal.as_ref().map_or(0, |r| r.seq);
+    let timeout = timeout
+        .unwrap_or(Duration::from_millis(record.ready_timeout_ms) + Duration::from_secs(10));
+    signal(pid, Signal::SIGUSR2)?;
+    let state = state_path(pid_file);
+    wait_for(timeout, "the new process to be ready", || {
+        if let Ok(Some(new_pid)) = pidfile::read(pid_file)
+            && new_pid != pid
+            && let Ok(new) = locate(pid_file)
+        {
+            return Some(Ok(Upgraded {
+                old_pid: pid,
+                new_pid: new.pid,
+                version: new.record.version,
+            }));
+        }
+        let now = ServerRecord::read(&state).filter(|r| r.pid == pid);
+        if let Some(now) = now {
+            if let Some(up) = now.last_upgrade.filter(|u| u.seq > upgrades_before && !u.ok) {
+                let reason = up.error.unwrap_or_else(|| "no reason recorded".into());
+                return Some(Err(ControlError::UpgradeFailed(reason)));
+            }
+            if let Some(refusal) = now
+                .last_refusal
+                .filter(|r| r.seq > refusals_before && !r.in_flight)
+            {
+                return Some(Err(ControlError::UpgradeRefused(refusal.reason)));
+            }
+        }
+        if !alive(pid, record.start_ticks) && pidfile::read(pid_file).ok()? == Some(pid) {
+            return Some(Err(ControlError::Exited {
+                pid,
+                what: "upgrading",
+            }));
+        }
+        None
+    })
+}
+
+/// Runs `<program> --config-dir <dir> check` as the server would start it.
+fn precheck(record: &ServerRecord) -> Result<(), ControlError> {
+    let output = Command::new(&record.program)
+        .arg("--config-dir")
+        .arg(&record.config_dir)
+        .arg("check")
+        .current_dir(&record.cwd)
+        .output()
+        .map_err(|e| {
+            let what = match e.kind() {
+                std::io::ErrorKind::NotFound => "it does not exist; install the new build there",
+                std::io::ErrorKind::PermissionDenied => "it is not executable; `chmod +x` it",
+                _ => "it could not be started",
+            };
+            ControlError::UpgradeFailed(format!(
+                "cannot run {}: {what} ({e}); nothing was changed",
+                record.program.display()
+            ))
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(ControlError::UpgradeFailed(format!(
+        "{} rejects the configuration, nothing was changed: {}",
+        record.program.display(),
+        stderr.trim()
+    )))
+}
+
+/// SIGTERM, then waits until the process has exited.
+pub fn stop(pid_file: &Path, timeout: Option<Duration>) -> Result<u32, ControlError> {
+    let Located { pid, record } = locate(pid_file)?;
+    let timeout = timeout
+        .unwrap_or(Duration::from_millis(record.shutdown_timeout_ms) + Duration::from_secs(10));
+    signal(pid, Signal::SIGTERM)?;
+    wait_for(timeout, "baton to exit", || {
+        (!alive(pid, record.start_ticks)).then_some(Ok(pid))
+    })
+}

@@ -1,0 +1,231 @@
+//! What one generation hands the next: listening sockets (systemd's `LISTEN_FDS` protocol, read
+//! with `listenfd`), the generation number, and the write end of a readiness pipe. This module
+//! holds the names of that protocol and the child's side of it; `upgrade` holds the parent's.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::stat::{SFlag, fstat};
+
+pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
+pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
+pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// The fd number of the readiness pipe's write end in the child.
+pub(crate) const READY_FD: &str = "BATON_UPGRADE_READY_FD";
+/// The child's generation (the parent's + 1).
+pub(crate) const GENERATION: &str = "BATON_UPGRADE_GENERATION";
+/// The parent's pid, so the child can tell whether its parent is still draining.
+pub(crate) const PARENT_PID: &str = "BATON_UPGRADE_PARENT_PID";
+/// Every variable of the protocol: removed from the environment handed to a child before the
+/// fresh values are set, so nothing stale crosses two generations.
+pub(crate) const PROTOCOL_VARS: [&str; 6] = [
+    LISTEN_FDS,
+    LISTEN_PID,
+    LISTEN_FDNAMES,
+    READY_FD,
+    GENERATION,
+    PARENT_PID,
+];
+
+/// The message a ready child writes; anything else is a failure report.
+pub(crate) const READY_MESSAGE: &str = "ready";
+pub(crate) const ERROR_MESSAGE: &str = "error";
+
+/// A listening socket received from the previous generation or from systemd.
+#[derive(Debug)]
+pub(crate) struct InheritedSocket {
+    /// From `LISTEN_FDNAMES` (`http`, `admin`), when given.
+    pub(crate) name: Option<String>,
+    pub(crate) listener: TcpListener,
+}
+
+/// How this process was started: what it inherited and how to start it again.
+#[derive(Debug)]
+pub struct Startup {
+    pub(crate) sockets: Vec<InheritedSocket>,
+    /// `true` when systemd passed the sockets (socket activation) rather than our own parent.
+    pub(crate) from_systemd: bool,
+    ready_pipe: Option<ReadyPipe>,
+    generation: u64,
+    pub(crate) parent_pid: Option<u32>,
+    pub(crate) image: ExecImage,
+}
+
+impl Startup {
+    /// Reads the handover from the environment and the inherited fds.
+    ///
+    /// Call before any thread exists: `listenfd` removes `LISTEN_FDS`/`LISTEN_PID` from the
+    /// environment, which is only sound while the process is single-threaded.
+    pub fn capture() -> Startup {
+        let from_systemd = std::env::var(LISTEN_PID)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|pid| pid == std::process::id());
+        let names: Vec<String> = std::env::var(LISTEN_FDNAMES)
+            .map(|v| v.split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut fds = listenfd::ListenFd::from_env();
+        let mut sockets = Vec::new();
+        for index in 0..fds.len() {
+            match fds.take_tcp_listener(index) {
+                Ok(Some(listener)) => sockets.push(InheritedSocket {
+                    name: names.get(index).filter(|n| !n.is_empty()).cloned(),
+                    listener,
+                }),
+                Ok(None) => {}
+                // Logging is not set up yet; the socket is left alone and reported at adoption.
+                Err(err) => eprintln!("baton: ignoring inherited fd #{index}: {err}"),
+            }
+        }
+        let generation = env_number(GENERATION).unwrap_or(1).max(1);
+        Startup {
+            sockets,
+            from_systemd,
+            ready_pipe: ReadyPipe::from_env(),
+            generation,
+            parent_pid: env_number(PARENT_PID).and_then(|p| u32::try_from(p).ok()),
+            image: ExecImage::current(),
+        }
+    }
+
+    /// 1 for a fresh start, the parent's + 1 after an upgrade.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `true` when an older generation started this process and waits for it to be ready.
+    pub fn is_upgrade(&self) -> bool {
+        self.ready_pipe.is_some()
+    }
+
+    /// Tells the waiting parent (if any) that this process is ready to serve.
+    pub(crate) fn report_ready(&mut self) -> std::io::Result<()> {
+        match self.ready_pipe.take() {
+            Some(pipe) => pipe.send(&format!("{READY_MESSAGE} {}", std::process::id())),
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the waiting parent (if any) why this process will not become ready.
+    pub fn report_failure(&mut self, reason: &str) {
+        if let Some(pipe) = self.ready_pipe.take() {
+            // One line: the parent reads up to the first newline.
+            let reason = reason.replace('\n', "; ");
+            // The parent sees end-of-file if this write fails, which it reports too.
+            let _ = pipe.send(&format!("{ERROR_MESSAGE} {reason}"));
+        }
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The write end of the readiness pipe, received from the parent.
+#[derive(Debug)]
+struct ReadyPipe(File);
+
+impl ReadyPipe {
+    fn from_env() -> Option<ReadyPipe> {
+        let fd: RawFd = std::env::var(READY_FD).ok()?.parse().ok()?;
+        // Only a fd above stdio that is open and is a pipe is taken: a stray variable must
+        // not make us write into, or close, somebody else's file.
+        if fd < 3 {
+            return None;
+        }
+        // SAFETY: `fcntl(F_GETFD)` and `fstat` only query the descriptor; the number came from
+        // our parent, and a closed or foreign fd makes them fail, which returns `None`.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        fcntl(borrowed, FcntlArg::F_GETFD).ok()?;
+        let stat = fstat(borrowed).ok()?;
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+            return None;
+        }
+        // Close-on-exec again, so the pipe does not leak into a grandchild.
+        fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).ok()?;
+        // SAFETY: the fd is open, is a pipe our parent handed us for this one purpose, and
+        // nothing else in this process owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Some(ReadyPipe(File::from(owned)))
+    }
+
+    fn send(mut self, message: &str) -> std::io::Result<()> {
+        self.0.write_all(format!("{message}\n").as_bytes())
+    }
+}
+
+/// How to start this program again: the path it was started from (not `/proc/self/exe`, which
+/// after an install-by-rename points at the deleted old file, and which resolves symlinks a
+/// release layout may switch), its arguments and its working directory.
+#[derive(Debug, Clone)]
+pub struct ExecImage {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) cwd: PathBuf,
+}
+
+impl ExecImage {
+    fn current() -> ExecImage {
+        let mut argv = std::env::args_os();
+        let arg0 = argv.next().map(PathBuf::from);
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let program = arg0
+            .and_then(|arg0| resolve_program(&arg0, &cwd))
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        ExecImage {
+            program,
+            args: argv.collect(),
+            cwd,
+        }
+    }
+
+    /// The executable a binary upgrade will start.
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+}
+
+/// Resolves argv[0] as the shell did: a path with a slash is taken relative to the working
+/// directory, a bare name is searched in `PATH`.
+fn resolve_program(arg0: &std::path::Path, cwd: &std::path::Path) -> Option<PathBuf> {
+    if arg0.as_os_str().is_empty() {
+        return None;
+    }
+    if arg0.components().count() > 1 || arg0.is_absolute() {
+        return Some(cwd.join(arg0));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| cwd.join(dir).join(arg0))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_with_a_slash_is_relative_to_the_working_directory() {
+        let cwd = std::path::Path::new("/srv/app");
+        assert_eq!(
+            resolve_program(std::path::Path::new("target/release/baton"), cwd),
+            Some(PathBuf::from("/srv/app/target/release/baton"))
+        );
+        assert_eq!(
+            resolve_program(std::path::Path::new("/usr/bin/baton"), cwd),
+            Some(PathBuf::from("/usr/bin/baton"))
+        );
+    }
+
+    #[test]
+    fn bare_name_is_searched_in_path() {
+        let found = resolve_program(std::path::Path::new("sh"), std::path::Path::new("/"));
+        assert!(found.is_some_and(|p| p.ends_with("sh")));
+    }
+}
