@@ -28,6 +28,8 @@ cd "$root" || {
     exit 1
 }
 BATON_BIN="${BATON_BIN:-target/release/baton}"
+# A bare name would be looked up in $PATH when run; it means a file here.
+[[ "$BATON_BIN" == */* ]] || BATON_BIN="./$BATON_BIN"
 
 if [[ ! -f "$BATON_BIN" || ! -x "$BATON_BIN" ]]; then
     echo "${0##*/}: $BATON_BIN is not an executable file (in $PWD);" \

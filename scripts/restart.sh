@@ -10,7 +10,8 @@
 # Whether baton runs is decided by `baton status` (the pid file, verified to be baton), never by
 # `ps | grep`. An upgrade is `baton upgrade`: it checks the config, signals, waits, and prints
 # "upgraded <old pid> -> <new pid> (<version>)" or "upgrade failed: <reason>"; a failed upgrade
-# changes nothing. Exit codes: 0 started or upgraded, 1 failed, 2 usage.
+# changes nothing. Exit codes: 0 started or upgraded, 1 failed, 2 usage; when upgrading, those of
+# `baton upgrade` (3 if the server stopped meanwhile).
 #
 # Environment:
 #   BATON_ROOT            directory to run from (default: the repository root, this script's dir/..)
@@ -67,6 +68,8 @@ esac
 root="${BATON_ROOT:-$(dirname "${BASH_SOURCE[0]}")/..}"
 cd "$root" || die "cannot change to $root (BATON_ROOT)"
 BATON_BIN="${BATON_BIN:-target/release/baton}"
+# A bare name would be looked up in $PATH when run; it means a file here.
+[[ "$BATON_BIN" == */* ]] || BATON_BIN="./$BATON_BIN"
 BATON_LOG="${BATON_LOG:-log/baton.log}"
 BATON_START_TIMEOUT="${BATON_START_TIMEOUT:-30}"
 [[ "$BATON_START_TIMEOUT" =~ ^[1-9][0-9]*$ ]] ||

@@ -336,7 +336,12 @@ impl Settings {
         const HOUR: Duration = Duration::from_secs(3600);
         const MILLI: Duration = Duration::from_millis(1);
 
-        duration_in("server.request_timeout", self.server.request_timeout, MILLI, HOUR)?;
+        duration_in(
+            "server.request_timeout",
+            self.server.request_timeout,
+            MILLI,
+            HOUR,
+        )?;
         count_in("server.worker_threads", self.server.worker_threads, 0, 1024)?;
         if self.admin.enabled && self.admin.listen == self.server.listen {
             return Err(invalid(
@@ -355,7 +360,12 @@ impl Settings {
             ));
         }
         count_in("app.items_limit", self.app.items_limit, 1, 100_000)?;
-        if self.app.api_key.as_ref().is_some_and(|key| key.expose().is_empty()) {
+        if self
+            .app
+            .api_key
+            .as_ref()
+            .is_some_and(|key| key.expose().is_empty())
+        {
             return Err(invalid(
                 "app.api_key",
                 "\"\"".to_owned(),
@@ -390,7 +400,12 @@ impl Settings {
         }
         let ready = self.upgrade.ready_timeout;
         duration_in("upgrade.ready_timeout", ready, SECOND / 10, HOUR)?;
-        duration_in("reload.debounce", self.reload.debounce, Duration::ZERO, MINUTE)?;
+        duration_in(
+            "reload.debounce",
+            self.reload.debounce,
+            Duration::ZERO,
+            MINUTE,
+        )?;
         Ok(())
     }
 
@@ -411,7 +426,12 @@ fn invalid(key: &str, value: String, problem: impl Into<String>) -> SettingsErro
     }
 }
 
-fn duration_in(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), SettingsError> {
+fn duration_in(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), SettingsError> {
     if (min..=max).contains(&value) {
         return Ok(());
     }
@@ -477,7 +497,10 @@ const SECTIONS: &[(&str, &[(&str, Kind)])] = &[
             ("worker_threads", Kind::Count),
         ],
     ),
-    ("admin", &[("enabled", Kind::Bool), ("listen", Kind::Address)]),
+    (
+        "admin",
+        &[("enabled", Kind::Bool), ("listen", Kind::Address)],
+    ),
     (
         "app",
         &[
@@ -486,7 +509,10 @@ const SECTIONS: &[(&str, &[(&str, Kind)])] = &[
             ("api_key", Kind::Secret),
         ],
     ),
-    ("log", &[("filter", Kind::Text), ("format", Kind::LogFormat)]),
+    (
+        "log",
+        &[("filter", Kind::Text), ("format", Kind::LogFormat)],
+    ),
     (
         "lifecycle",
         &[
@@ -497,7 +523,10 @@ const SECTIONS: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     ("upgrade", &[("ready_timeout", Kind::Duration)]),
-    ("reload", &[("watch", Kind::Bool), ("debounce", Kind::Duration)]),
+    (
+        "reload",
+        &[("watch", Kind::Bool), ("debounce", Kind::Duration)],
+    ),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -538,12 +567,21 @@ impl Kind {
     /// `Err(problem)` when `raw` cannot become a value of this kind.
     fn check(self, raw: &Raw<'_>) -> Result<(), String> {
         let ok = match self {
-            Kind::Address => raw.as_str().is_some_and(|s| s.parse::<SocketAddr>().is_ok()),
+            Kind::Address => raw
+                .as_str()
+                .is_some_and(|s| s.parse::<SocketAddr>().is_ok()),
             Kind::Duration => match raw.as_str().map(humantime::parse_duration) {
                 Some(Ok(_)) => true,
                 Some(Err(err)) => {
+                    // humantime appends its whole unit list to this one; the hint is enough.
+                    let reason = match err {
+                        humantime::DurationError::UnknownUnit { unit, .. } => {
+                            format!("unknown unit {unit:?}")
+                        }
+                        other => other.to_string(),
+                    };
                     return Err(format!(
-                        "invalid duration ({err}); use a duration like \"500ms\", \"30s\" or \"2m\""
+                        "invalid duration ({reason}); use a duration like \"500ms\", \"30s\" or \"2m\""
                     ));
                 }
                 None => false,
@@ -561,7 +599,11 @@ impl Kind {
             Kind::Text | Kind::Secret => raw.as_str().is_some(),
             Kind::LogFormat => matches!(raw.as_str(), Some("text" | "json")),
         };
-        if ok { Ok(()) } else { Err(self.expected().to_owned()) }
+        if ok {
+            Ok(())
+        } else {
+            Err(self.expected().to_owned())
+        }
     }
 
     fn expected(self) -> &'static str {
@@ -627,8 +669,10 @@ impl Layers {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, SettingsError> {
         let default_path = source.default_file();
-        let mut files = vec![read_file(&default_path, || SettingsError::MissingDefaultFile {
-            path: default_path.clone(),
+        let mut files = vec![read_file(&default_path, || {
+            SettingsError::MissingDefaultFile {
+                path: default_path.clone(),
+            }
         })?];
         if let Some(env_name) = &source.env_name {
             if !is_valid_env_name(env_name) {
@@ -664,10 +708,8 @@ impl Layers {
             config::Config::try_from(&Settings::default()).map_err(SettingsError::Deserialize)?;
         let mut builder = config::Config::builder().add_source(defaults);
         for file in &self.files {
-            builder = builder.add_source(config::File::from_str(
-                &file.text,
-                config::FileFormat::Toml,
-            ));
+            builder =
+                builder.add_source(config::File::from_str(&file.text, config::FileFormat::Toml));
         }
         let env: config::Map<String, String> = self
             .env
@@ -1034,7 +1076,10 @@ impl SettingsStore {
 
     /// [`SettingsStore::reload`] with the environment given explicitly.
     pub fn reload_from(&self, env: impl IntoIterator<Item = (String, String)>) -> ReloadOutcome {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let outcome = match Settings::load_from(&self.source, env) {
             Ok(loaded) => self.apply(loaded),
             Err(err) => ReloadOutcome::Rejected {
@@ -1046,7 +1091,10 @@ impl SettingsStore {
             _ => &self.reloads_ok,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_reload.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let seq = last.as_ref().map_or(0, |record| record.seq) + 1;
         *last = Some(ReloadRecord {
             seq,

@@ -163,7 +163,10 @@ mod tests {
         assert_eq!(first["message"], "first");
         assert_eq!(first["answer"], 42);
         assert_eq!(first["level"], "INFO");
-        assert!(first.get("fields").is_none(), "fields are flattened: {first}");
+        assert!(
+            first.get("fields").is_none(),
+            "fields are flattened: {first}"
+        );
     }
 
     #[test]
@@ -178,7 +181,10 @@ mod tests {
             let err = telemetry
                 .set_filter("info,[")
                 .expect_err("an invalid filter is refused");
-            assert!(err.to_string().contains("invalid log filter \"info,[\""), "{err}");
+            assert!(
+                err.to_string().contains("invalid log filter \"info,[\""),
+                "{err}"
+            );
             tracing::info!("still shown");
         });
         let text = buffer.lines().join("\n");

@@ -63,10 +63,7 @@ fn default_toml_error(text: &str) -> (String, PathBuf) {
 
 fn assert_contains_all(message: &str, parts: &[&str]) {
     for part in parts {
-        assert!(
-            message.contains(part),
-            "message {message:?} lacks {part:?}"
-        );
+        assert!(message.contains(part), "message {message:?} lacks {part:?}");
     }
 }
 
@@ -128,7 +125,10 @@ fn env_file_overrides_default_toml_and_env_vars_override_both() {
             "default.toml",
             "[app]\ngreeting = \"default\"\nitems_limit = 5\n[server]\nworker_threads = 2\n",
         ),
-        ("staging.toml", "[app]\ngreeting = \"staging\"\nitems_limit = 6\n"),
+        (
+            "staging.toml",
+            "[app]\ngreeting = \"staging\"\nitems_limit = 6\n",
+        ),
     ]);
     let staged = load(dir.path(), Some("staging"), &[]).expect("loads");
     assert_eq!(staged.app.greeting, "staging");
@@ -138,7 +138,10 @@ fn env_file_overrides_default_toml_and_env_vars_override_both() {
     let overridden = load(
         dir.path(),
         Some("staging"),
-        &[("BATON_APP__GREETING", "env"), ("BATON_SERVER__WORKER_THREADS", "3")],
+        &[
+            ("BATON_APP__GREETING", "env"),
+            ("BATON_SERVER__WORKER_THREADS", "3"),
+        ],
     )
     .expect("loads");
     assert_eq!(overridden.app.greeting, "env");
@@ -171,7 +174,10 @@ fn env_values_are_parsed_by_type() {
         ],
     )
     .expect("loads");
-    assert_eq!(loaded.server.listen, SocketAddr::from(([127, 0, 0, 1], 18080)));
+    assert_eq!(
+        loaded.server.listen,
+        SocketAddr::from(([127, 0, 0, 1], 18080))
+    );
     assert!(!loaded.admin.enabled);
     assert_eq!(loaded.app.greeting, "42");
     assert_eq!(loaded.lifecycle.lame_duck, Duration::from_millis(500));
@@ -244,12 +250,14 @@ fn unreadable_file_names_the_path_and_the_os_reason() {
 
 #[test]
 fn syntax_error_names_file_line_and_column() {
-    let (message, path) = default_toml_error("[server]\nlisten = \"127.0.0.1:8080\"\nworker_threads = = 4\n");
+    let (message, path) =
+        default_toml_error("[server]\nlisten = \"127.0.0.1:8080\"\nworker_threads = = 4\n");
     assert_contains_all(
         &message,
-        &[
-            &format!("{}: TOML syntax error at line 3, column", path.display()),
-        ],
+        &[&format!(
+            "{}: TOML syntax error at line 3, column",
+            path.display()
+        )],
     );
     assert!(!message.contains('\n'), "one line: {message:?}");
 }
@@ -272,7 +280,10 @@ fn unknown_section_lists_the_sections() {
     let (message, _) = default_toml_error("[servr]\nlisten = \"127.0.0.1:8080\"\n");
     assert_contains_all(
         &message,
-        &["unknown key `servr`", "allowed sections: server, admin, app"],
+        &[
+            "unknown key `servr`",
+            "allowed sections: server, admin, app",
+        ],
     );
     let (message, _) = default_toml_error("greeting = \"hi\"\n");
     assert_contains_all(&message, &["unknown key `greeting`", "under [app]"]);
@@ -293,7 +304,10 @@ fn unknown_key_from_the_environment_names_the_variable() {
     let message = load_error(dir.path(), None, &[("BATON_SERVR__LISTEN", "127.0.0.1:1")]);
     assert_contains_all(
         &message,
-        &["environment variable BATON_SERVR__LISTEN", "BATON_<SECTION>__<KEY>"],
+        &[
+            "environment variable BATON_SERVR__LISTEN",
+            "BATON_<SECTION>__<KEY>",
+        ],
     );
 }
 
@@ -344,7 +358,10 @@ fn invalid_duration_names_key_value_and_the_form() {
     );
     // A bare number has no unit: still a duration error, not a type puzzle.
     let (message, _) = default_toml_error("[lifecycle]\nlame_duck = 2\n");
-    assert_contains_all(&message, &["lifecycle.lame_duck = 2", "use a duration like"]);
+    assert_contains_all(
+        &message,
+        &["lifecycle.lame_duck = 2", "use a duration like"],
+    );
 }
 
 #[test]
@@ -362,7 +379,10 @@ fn invalid_address_names_key_value_and_the_form() {
     let message = load_error(dir.path(), None, &[("BATON_ADMIN__LISTEN", "9090")]);
     assert_contains_all(
         &message,
-        &["environment variable BATON_ADMIN__LISTEN", "expected IP:PORT"],
+        &[
+            "environment variable BATON_ADMIN__LISTEN",
+            "expected IP:PORT",
+        ],
     );
 }
 
@@ -402,7 +422,10 @@ fn out_of_range_values_name_key_and_allowed_range() {
             "[app]\nitems_limit = 100001",
             &["app.items_limit = 100001", "allowed 1 to 100000"],
         ),
-        ("[app]\ngreeting = \"\"", &["app.greeting = \"\"", "allowed 1 to 1000 bytes"]),
+        (
+            "[app]\ngreeting = \"\"",
+            &["app.greeting = \"\"", "allowed 1 to 1000 bytes"],
+        ),
         ("[app]\napi_key = \"\"", &["app.api_key", "non-empty"]),
         (
             "[lifecycle]\nshutdown_timeout = \"0s\"",
@@ -410,7 +433,10 @@ fn out_of_range_values_name_key_and_allowed_range() {
         ),
         (
             "[lifecycle]\nlame_duck = \"40s\"\nshutdown_timeout = \"30s\"",
-            &["lifecycle.lame_duck = \"40s\"", "allowed 0s to lifecycle.shutdown_timeout (\"30s\")"],
+            &[
+                "lifecycle.lame_duck = \"40s\"",
+                "allowed 0s to lifecycle.shutdown_timeout (\"30s\")",
+            ],
         ),
         (
             "[lifecycle]\npid_file = \"\"",
@@ -426,7 +452,10 @@ fn out_of_range_values_name_key_and_allowed_range() {
         ),
         (
             "[admin]\nlisten = \"127.0.0.1:8080\"",
-            &["admin.listen = \"127.0.0.1:8080\"", "same address as server.listen"],
+            &[
+                "admin.listen = \"127.0.0.1:8080\"",
+                "same address as server.listen",
+            ],
         ),
     ];
     for (text, parts) in cases {
@@ -437,7 +466,10 @@ fn out_of_range_values_name_key_and_allowed_range() {
 
     let long = format!("[app]\ngreeting = \"{}\"", "x".repeat(1001));
     let (message, _) = default_toml_error(&long);
-    assert_contains_all(&message, &["app.greeting", "is 1001 bytes", "allowed 1 to 1000 bytes"]);
+    assert_contains_all(
+        &message,
+        &["app.greeting", "is 1001 bytes", "allowed 1 to 1000 bytes"],
+    );
     assert!(message.len() < 300, "a long value is shortened: {message}");
 
     // The same address is fine when the admin listener is off.
@@ -520,7 +552,11 @@ fn reload_applies_keeps_unchanged_and_rejects_whole() {
     let before = store.current();
 
     // Applied.
-    write(dir.path(), "default.toml", "[app]\ngreeting = \"two\"\nitems_limit = 7\n");
+    write(
+        dir.path(),
+        "default.toml",
+        "[app]\ngreeting = \"two\"\nitems_limit = 7\n",
+    );
     let outcome = store.reload_from(env(&[]));
     assert_eq!(
         outcome,
@@ -539,9 +575,17 @@ fn reload_applies_keeps_unchanged_and_rejects_whole() {
     // Unchanged: same layers give the same settings; nothing moves but the counters.
     let in_force = store.current();
     let outcome = store.reload_from(env(&[]));
-    assert_eq!(outcome, ReloadOutcome::Unchanged { upgrade_only: vec![] });
+    assert_eq!(
+        outcome,
+        ReloadOutcome::Unchanged {
+            upgrade_only: vec![]
+        }
+    );
     assert_eq!(store.generation(), 2);
-    assert!(Arc::ptr_eq(&in_force, &store.current()), "no swap when unchanged");
+    assert!(
+        Arc::ptr_eq(&in_force, &store.current()),
+        "no swap when unchanged"
+    );
     assert_eq!(store.last_reload().expect("recorded").seq, 2);
 
     // Rejected: one bad key among good changes keeps the old settings whole.
@@ -554,8 +598,14 @@ fn reload_applies_keeps_unchanged_and_rejects_whole() {
     let ReloadOutcome::Rejected { error } = &outcome else {
         panic!("expected a rejection, got {outcome:?}");
     };
-    assert_contains_all(error, &["default.toml", "app.items_limit = 0", "allowed 1 to 100000"]);
-    assert!(Arc::ptr_eq(&in_force, &store.current()), "old settings stay");
+    assert_contains_all(
+        error,
+        &["default.toml", "app.items_limit = 0", "allowed 1 to 100000"],
+    );
+    assert!(
+        Arc::ptr_eq(&in_force, &store.current()),
+        "old settings stay"
+    );
     assert_eq!(store.current().app.greeting, "two");
     assert_eq!(store.generation(), 2);
     let record = store.last_reload().expect("recorded");
@@ -568,7 +618,10 @@ fn reload_reads_the_environment_it_is_given() {
     let dir = config_dir(&[("default.toml", "")]);
     let store = store_over(dir.path());
     let outcome = store.reload_from(env(&[("BATON_APP__GREETING", "from env")]));
-    assert!(matches!(outcome, ReloadOutcome::Applied { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, ReloadOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
     assert_eq!(store.current().app.greeting, "from env");
     let outcome = store.reload_from(env(&[("BATON_APP__GRETING", "typo")]));
     let ReloadOutcome::Rejected { error } = outcome else {
@@ -647,7 +700,10 @@ fn concurrent_reloads_are_each_counted_once() {
     assert_eq!(applied, 1, "{outcomes:?}");
     assert_eq!(store.generation(), 2);
     assert_eq!(store.reloads_ok(), THREADS * RELOADS);
-    assert_eq!(store.last_reload().expect("recorded").seq, THREADS * RELOADS);
+    assert_eq!(
+        store.last_reload().expect("recorded").seq,
+        THREADS * RELOADS
+    );
 }
 
 // ---- the lenient pid file lookup ----
@@ -699,7 +755,9 @@ fn telemetry_init_twice_is_an_error() {
         format: LogFormat::Text,
     };
     let telemetry = baton::telemetry::init(&log).expect("first init installs the subscriber");
-    telemetry.set_filter("warn").expect("a valid filter applies");
+    telemetry
+        .set_filter("warn")
+        .expect("a valid filter applies");
     assert!(telemetry.set_filter("warn,[").is_err());
     let again = baton::telemetry::init(&log);
     assert!(again.is_err(), "a second init must fail, not panic");

@@ -177,6 +177,7 @@ pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, C
         .unwrap_or(Duration::from_millis(record.ready_timeout_ms) + Duration::from_secs(10));
     signal(pid, Signal::SIGUSR2)?;
     let state = state_path(pid_file);
+    let mut gone_since: Option<Instant> = None;
     wait_for(timeout, "the new process to be ready", || {
         if let Ok(Some(new_pid)) = pidfile::read(pid_file)
             && new_pid != pid
@@ -201,11 +202,15 @@ pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, C
                 return Some(Err(ControlError::UpgradeRefused(refusal.reason)));
             }
         }
+        // Gone while the pid file still names it: give a handover in progress its moment.
         if !alive(pid, record.start_ticks) && pidfile::read(pid_file).ok()? == Some(pid) {
-            return Some(Err(ControlError::Exited {
-                pid,
-                what: "upgrading",
-            }));
+            let gone = *gone_since.get_or_insert_with(Instant::now);
+            if gone.elapsed() > HANDOVER_GRACE {
+                return Some(Err(ControlError::Exited {
+                    pid,
+                    what: "upgrading",
+                }));
+            }
         }
         None
     })

@@ -132,10 +132,6 @@ pub async fn run(
     let mut server = Server::start(paired, &process);
     process.set_phase(Phase::Serving);
 
-    if let Err(err) = startup.report_ready() {
-        // The parent gave up (it stops us) or died (then we are the server): keep serving.
-        tracing::warn!(error = %err, "could not tell the previous generation we are ready");
-    }
     let ctx = Context {
         settings,
         telemetry,
@@ -144,10 +140,13 @@ pub async fn run(
         parent_pid: startup.parent_pid,
     };
     let pid_file = initial.lifecycle.pid_file.clone();
-    if let Err(err) = pidfile::write(&pid_file, ctx.process.pid()) {
-        tracing::error!(path = %pid_file.display(), error = %err, "could not write the pid file; `baton reload|upgrade|stop` will not find this process");
+    // Before "ready": the parent may be gone a millisecond later, and the pid file must name
+    // a live server by then. If the parent rejects us after all, it writes its own back.
+    claim_pid_file(&ctx, &pid_file);
+    if let Err(err) = startup.report_ready() {
+        // The parent gave up (it stops us) or died (then we are the server): keep serving.
+        tracing::warn!(error = %err, "could not tell the previous generation we are ready");
     }
-    publish(&ctx);
     systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
     tracing::info!(
         pid = ctx.process.pid(),
@@ -216,7 +215,8 @@ async fn serve_until_exit(ctx: &Context, commands: &mut Commands, server: &Serve
                         tracing::error!(error = %err, "upgrade failed; still serving, nothing changed");
                         ctx.process.record_upgrade(false, None, Some(err.to_string()));
                         ctx.process.set_phase(Phase::Serving);
-                        publish(ctx);
+                        // The child may have claimed the pid file before it failed.
+                        claim_pid_file(ctx, &ctx.settings.current().lifecycle.pid_file);
                     }
                 }
             }
@@ -368,6 +368,14 @@ fn warn_upgrade_only(keys: &[&'static str]) {
             "changed settings that take effect at the next upgrade (SIGUSR2), not at a reload"
         );
     }
+}
+
+/// Makes the pid file and the state file name this process.
+fn claim_pid_file(ctx: &Context, pid_file: &std::path::Path) {
+    if let Err(err) = pidfile::write(pid_file, ctx.process.pid()) {
+        tracing::error!(path = %pid_file.display(), error = %err, "could not write the pid file; `baton reload|upgrade|stop` will not find this process");
+    }
+    publish(ctx);
 }
 
 /// Writes the state file the client commands read. Only the serving generation writes it:

@@ -8,8 +8,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::failure::{self, Failure};
 use crate::Response;
+use crate::failure::{self, Failure};
 
 /// A response larger than this is refused rather than buffered: the helper is for status and
 /// small bodies.
@@ -228,7 +228,10 @@ mod tests {
         assert_eq!(response.header("x-a"), Some("b"));
         let cut = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel";
         assert!(matches!(parse(cut.as_bytes(), false), Ok(None)));
-        assert!(matches!(parse(cut.as_bytes(), true), Err(Failure::EarlyClose(_))));
+        assert!(matches!(
+            parse(cut.as_bytes(), true),
+            Err(Failure::EarlyClose(_))
+        ));
     }
 
     #[test]
@@ -240,9 +243,15 @@ mod tests {
         assert_eq!(response.body, "draining\n");
         let unfinished = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n";
         assert!(matches!(parse(unfinished.as_bytes(), false), Ok(None)));
-        assert!(matches!(parse(unfinished.as_bytes(), true), Err(Failure::EarlyClose(_))));
+        assert!(matches!(
+            parse(unfinished.as_bytes(), true),
+            Err(Failure::EarlyClose(_))
+        ));
         let bad = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        assert!(matches!(parse(bad.as_bytes(), false), Err(Failure::Protocol(_))));
+        assert!(matches!(
+            parse(bad.as_bytes(), false),
+            Err(Failure::Protocol(_))
+        ));
     }
 
     #[test]
@@ -252,13 +261,22 @@ mod tests {
         let response = parse(raw.as_bytes(), true)
             .expect("valid")
             .expect("complete at eof");
-        assert_eq!((response.status, response.body.as_str()), (200, "all of it"));
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (200, "all of it")
+        );
     }
 
     #[test]
     fn garbage_and_silence_are_classified() {
         assert!(matches!(parse(b"", true), Err(Failure::EarlyClose(_))));
-        assert!(matches!(parse(b"HTTP/1.1 2", true), Err(Failure::EarlyClose(_))));
-        assert!(matches!(parse(b"SSH-2.0-x\r\n\r\n", false), Err(Failure::Protocol(_))));
+        assert!(matches!(
+            parse(b"HTTP/1.1 2", true),
+            Err(Failure::EarlyClose(_))
+        ));
+        assert!(matches!(
+            parse(b"SSH-2.0-x\r\n\r\n", false),
+            Err(Failure::Protocol(_))
+        ));
     }
 }

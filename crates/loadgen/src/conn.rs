@@ -56,7 +56,8 @@ impl Target {
         let absolute: Uri = format!("http://{addr}{path}")
             .parse()
             .map_err(|err| invalid(format!("{err}")))?;
-        let host = HeaderValue::try_from(addr.to_string()).map_err(|err| invalid(err.to_string()))?;
+        let host =
+            HeaderValue::try_from(addr.to_string()).map_err(|err| invalid(err.to_string()))?;
         Ok(Self {
             addr,
             origin_form,
@@ -128,6 +129,15 @@ impl Connection {
         match protocol {
             Protocol::Http1 => Http1::start(stream).await.map(Connection::Http1),
             Protocol::H2c => H2c::start(stream).await.map(Connection::H2c),
+        }
+    }
+
+    /// Whether the connection is known to be closed (HTTP/1.1 only; for tests).
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Connection::Http1(conn) => conn.sender.is_closed(),
+            Connection::H2c(conn) => conn.sender.is_none(),
         }
     }
 
@@ -286,7 +296,10 @@ mod tests {
     fn target_rejects_relative_and_invalid_paths() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
         assert!(Target::new(addr, "/healthz?x=1").is_ok());
-        assert!(matches!(Target::new(addr, "healthz"), Err(Failure::Other(_))));
+        assert!(matches!(
+            Target::new(addr, "healthz"),
+            Err(Failure::Other(_))
+        ));
         assert!(matches!(Target::new(addr, "/a b"), Err(Failure::Other(_))));
     }
 }

@@ -112,7 +112,7 @@ pub(crate) fn from_hyper(err: &hyper::Error) -> Failure {
         Failure::Timeout
     } else if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
         Failure::EarlyClose(detail)
-    } else if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+    } else if err.is_parse() || err.is_parse_status() {
         Failure::Protocol(detail)
     } else {
         Failure::Other(detail)
@@ -176,7 +176,10 @@ mod tests {
         let kind_of = |kind| from_io(&io::Error::from(kind)).kind();
         assert_eq!(kind_of(io::ErrorKind::ConnectionReset), FailureKind::Reset);
         assert_eq!(kind_of(io::ErrorKind::BrokenPipe), FailureKind::Reset);
-        assert_eq!(kind_of(io::ErrorKind::UnexpectedEof), FailureKind::EarlyClose);
+        assert_eq!(
+            kind_of(io::ErrorKind::UnexpectedEof),
+            FailureKind::EarlyClose
+        );
         assert_eq!(kind_of(io::ErrorKind::TimedOut), FailureKind::Timeout);
         assert_eq!(kind_of(io::ErrorKind::PermissionDenied), FailureKind::Other);
     }

@@ -142,19 +142,11 @@ pub fn start(config: LoadConfig) -> Load {
         Ok(target) => Arc::new(target),
         Err(failure) => panic!("loadgen::start: {failure}"),
     };
-    let started = Instant::now();
-    let shared = Arc::new(Shared {
-        started,
-        deadline: started + config.max_duration,
-        max_requests: config.max_requests,
-        request_timeout: config.request_timeout,
-        stop: CancellationToken::new(),
-        claimed: AtomicU64::new(0),
-        ok: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        connects: AtomicU64::new(0),
-        failures: Mutex::new(Failures::default()),
-    });
+    let shared = Arc::new(Shared::new(
+        config.max_duration,
+        config.max_requests,
+        config.request_timeout,
+    ));
     let connections = config.connections.max(1);
     let mut workers = JoinSet::new();
     for _ in 0..connections {
@@ -253,6 +245,22 @@ struct Failures {
 }
 
 impl Shared {
+    fn new(max_duration: Duration, max_requests: Option<u64>, request_timeout: Duration) -> Self {
+        let started = Instant::now();
+        Self {
+            started,
+            deadline: started + max_duration,
+            max_requests,
+            request_timeout,
+            stop: CancellationToken::new(),
+            claimed: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            failures: Mutex::new(Failures::default()),
+        }
+    }
+
     /// The index of the next request to send, or `None` once the run is over.
     fn claim(&self) -> Option<u64> {
         if self.stop.is_cancelled() || Instant::now() >= self.deadline {
@@ -356,7 +364,10 @@ async fn request(
                     .await
                     .map_err(|_| {
                         let timeout = shared.request_timeout;
-                        Failure::Connect(format!("{}: no connection within {timeout:?}", target.addr()))
+                        Failure::Connect(format!(
+                            "{}: no connection within {timeout:?}",
+                            target.addr()
+                        ))
                     })??;
                 shared.connects.fetch_add(1, Ordering::Relaxed);
                 connection.insert(opened)
@@ -392,5 +403,99 @@ async fn request(
         } else {
             Err(Failure::Status(reply.status))
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Reads one request head from `stream`.
+    async fn read_head(stream: &mut tokio::net::TcpStream) {
+        let mut head = Vec::new();
+        let mut byte = [0_u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = stream.read(&mut byte).await.expect("read request");
+            assert_eq!(read, 1, "client closed inside the request head");
+            head.push(byte[0]);
+        }
+    }
+
+    /// A server that answers one request per connection with a keep-alive response and then
+    /// closes the connection while it is idle.
+    async fn one_request_per_connection() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                read_head(&mut stream).await;
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .expect("write response");
+                stream.shutdown().await.expect("shutdown");
+            }
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn reused_connection_closed_while_idle_is_a_reconnect_not_a_failure() {
+        let (addr, server) = one_request_per_connection().await;
+        let shared = Shared::new(Duration::from_secs(10), None, Duration::from_secs(5));
+        let target = Target::new(addr, "/").expect("valid target");
+        let mut connection = None;
+
+        let first = request(
+            &mut connection,
+            &shared,
+            &target,
+            Mode::KeepAlive,
+            Instant::now(),
+        );
+        assert_eq!(first.await, Ok(()));
+        let open = connection
+            .as_ref()
+            .expect("a keep-alive response leaves the connection open");
+
+        // Wait until the client has seen the server's close, so the next request is certainly
+        // not written to the old connection.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !open.is_closed() {
+            assert!(Instant::now() < deadline, "client never noticed the close");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let second = request(
+            &mut connection,
+            &shared,
+            &target,
+            Mode::KeepAlive,
+            Instant::now(),
+        );
+        assert_eq!(second.await, Ok(()));
+        assert_eq!(shared.connects.load(Ordering::Relaxed), 2);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server saw both requests")
+            .expect("server task");
+    }
+
+    #[tokio::test]
+    async fn claims_stop_at_max_requests_and_on_stop() {
+        let shared = Shared::new(Duration::from_secs(10), Some(3), Duration::from_secs(1));
+        let claimed: Vec<_> = std::iter::from_fn(|| shared.claim()).collect();
+        assert_eq!(claimed, [0, 1, 2]);
+
+        let unbounded = Shared::new(Duration::from_secs(10), None, Duration::from_secs(1));
+        assert_eq!(unbounded.claim(), Some(0));
+        unbounded.stop.cancel();
+        assert_eq!(unbounded.claim(), None);
+
+        let expired = Shared::new(Duration::ZERO, None, Duration::from_secs(1));
+        assert_eq!(expired.claim(), None);
     }
 }

@@ -91,7 +91,9 @@ impl Report {
         };
         let from = micros(window.start);
         let to = micros(window.end);
-        let first = self.samples.partition_point(|sample| sample.start_us < from);
+        let first = self
+            .samples
+            .partition_point(|sample| sample.start_us < from);
         let end = self.samples.partition_point(|sample| sample.start_us < to);
         &self.samples[first..end.max(first)]
     }
@@ -121,7 +123,11 @@ impl Report {
             None => (self.ok, self.elapsed.as_secs_f64()),
             Some(window) => {
                 let seconds = window.end.saturating_sub(window.start).as_secs_f64();
-                let ok = self.samples_in(Some(window)).iter().filter(|s| s.ok).count();
+                let ok = self
+                    .samples_in(Some(window))
+                    .iter()
+                    .filter(|s| s.ok)
+                    .count();
                 (ok as u64, seconds)
             }
         };
