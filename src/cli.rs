@@ -16,7 +16,12 @@ use crate::settings::{self, ConfigSource, Settings};
 #[command(name = "baton", version = crate::version(), about = "An axum service that is never down")]
 pub struct Cli {
     /// Directory holding default.toml and <BATON_ENV>.toml.
-    #[arg(long, global = true, env = "BATON_CONFIG_DIR", default_value = "config")]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_CONFIG_DIR",
+        default_value = "config"
+    )]
     pub config_dir: PathBuf,
     #[command(subcommand)]
     pub command: Option<Cmd>,
@@ -91,9 +96,9 @@ pub fn run(cli: Cli, startup: Startup) -> ExitCode {
             lifecycle::upgrade(&pid_file(&source), timeout)
                 .map(|u| format!("upgraded {} -> {} ({})", u.old_pid, u.new_pid, u.version)),
         ),
-        Cmd::Stop { timeout } => report(
-            lifecycle::stop(&pid_file(&source), timeout).map(|pid| format!("stopped {pid}")),
-        ),
+        Cmd::Stop { timeout } => {
+            report(lifecycle::stop(&pid_file(&source), timeout).map(|pid| format!("stopped {pid}")))
+        }
         Cmd::Status => report(lifecycle::locate(&pid_file(&source)).map(|l| {
             let r = &l.record;
             let listeners: Vec<String> = r

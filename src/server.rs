@@ -92,6 +92,8 @@ async fn self_check(routers: &Routers) -> Result<(), ServeError> {
         .map_err(|e| ServeError::SelfCheck(e.to_string()))?;
     match response.status() {
         StatusCode::OK => Ok(()),
-        status => Err(ServeError::SelfCheck(format!("GET /healthz answered {status}"))),
+        status => Err(ServeError::SelfCheck(format!(
+            "GET /healthz answered {status}"
+        ))),
     }
 }

@@ -343,7 +343,11 @@ impl Settings {
             HOUR,
         )?;
         count_in("server.worker_threads", self.server.worker_threads, 0, 1024)?;
-        if self.admin.enabled && self.admin.listen == self.server.listen {
+        // Port 0 ("any free port", as in tests) never collides: each bind gets its own.
+        if self.admin.enabled
+            && self.admin.listen.port() != 0
+            && self.admin.listen == self.server.listen
+        {
             return Err(invalid(
                 "admin.listen",
                 quoted(self.admin.listen),

@@ -173,8 +173,8 @@ pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, C
     precheck(&record)?;
     let upgrades_before = record.last_upgrade.as_ref().map_or(0, |r| r.seq);
     let refusals_before = record.last_refusal.as_ref().map_or(0, |r| r.seq);
-    let timeout = timeout
-        .unwrap_or(Duration::from_millis(record.ready_timeout_ms) + Duration::from_secs(10));
+    let timeout =
+        timeout.unwrap_or(Duration::from_millis(record.ready_timeout_ms) + Duration::from_secs(10));
     signal(pid, Signal::SIGUSR2)?;
     let state = state_path(pid_file);
     let mut gone_since: Option<Instant> = None;
@@ -191,7 +191,10 @@ pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, C
         }
         let now = ServerRecord::read(&state).filter(|r| r.pid == pid);
         if let Some(now) = now {
-            if let Some(up) = now.last_upgrade.filter(|u| u.seq > upgrades_before && !u.ok) {
+            if let Some(up) = now
+                .last_upgrade
+                .filter(|u| u.seq > upgrades_before && !u.ok)
+            {
                 let reason = up.error.unwrap_or_else(|| "no reason recorded".into());
                 return Some(Err(ControlError::UpgradeFailed(reason)));
             }

@@ -21,15 +21,19 @@ pub(crate) const READY_FD: &str = "BATON_UPGRADE_READY_FD";
 pub(crate) const GENERATION: &str = "BATON_UPGRADE_GENERATION";
 /// The parent's pid, so the child can tell whether its parent is still draining.
 pub(crate) const PARENT_PID: &str = "BATON_UPGRADE_PARENT_PID";
+/// Set when the first generation got its sockets from systemd socket activation: the socket
+/// units stay the source of truth for addresses in every later generation too.
+pub(crate) const FROM_SYSTEMD: &str = "BATON_UPGRADE_FROM_SYSTEMD";
 /// Every variable of the protocol: removed from the environment handed to a child before the
 /// fresh values are set, so nothing stale crosses two generations.
-pub(crate) const PROTOCOL_VARS: [&str; 6] = [
+pub(crate) const PROTOCOL_VARS: [&str; 7] = [
     LISTEN_FDS,
     LISTEN_PID,
     LISTEN_FDNAMES,
     READY_FD,
     GENERATION,
     PARENT_PID,
+    FROM_SYSTEMD,
 ];
 
 /// The message a ready child writes; anything else is a failure report.
@@ -65,7 +69,8 @@ impl Startup {
         let from_systemd = std::env::var(LISTEN_PID)
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
-            .is_some_and(|pid| pid == std::process::id());
+            .is_some_and(|pid| pid == std::process::id())
+            || std::env::var_os(FROM_SYSTEMD).is_some();
         let names: Vec<String> = std::env::var(LISTEN_FDNAMES)
             .map(|v| v.split(':').map(str::to_owned).collect())
             .unwrap_or_default();

@@ -36,10 +36,7 @@ pub enum ListenError {
          holds it (`ss -ltnp 'sport = :{port}'` shows it) or change {key}",
         port = addr.port()
     )]
-    InUse {
-        addr: SocketAddr,
-        key: &'static str,
-    },
+    InUse { addr: SocketAddr, key: &'static str },
     #[error("cannot listen on {addr} ({key}): {source}; check {key}")]
     Bind {
         addr: SocketAddr,

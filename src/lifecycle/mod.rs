@@ -95,6 +95,7 @@ struct Context {
     process: ProcessState,
     image: ExecImage,
     parent_pid: Option<u32>,
+    from_systemd: bool,
 }
 
 /// Serves until shutdown or a successful upgrade, then drains. Failures before the process
@@ -109,14 +110,13 @@ pub async fn run(
 ) -> Result<Exit, LifecycleError> {
     let initial = settings.current();
     let sockets = std::mem::take(&mut startup.sockets);
-    let bound =
-        match listeners::adopt_or_bind(sockets, startup.from_systemd, &wanted(&initial)) {
-            Ok(bound) => bound,
-            Err(err) => {
-                startup.report_failure(&err.to_string());
-                return Err(err.into());
-            }
-        };
+    let bound = match listeners::adopt_or_bind(sockets, startup.from_systemd, &wanted(&initial)) {
+        Ok(bound) => bound,
+        Err(err) => {
+            startup.report_failure(&err.to_string());
+            return Err(err.into());
+        }
+    };
     process.set_listeners(bound.iter().map(|b| b.info.clone()).collect());
     let paired = bound
         .into_iter()
@@ -138,16 +138,18 @@ pub async fn run(
         process,
         image: startup.image.clone(),
         parent_pid: startup.parent_pid,
+        from_systemd: startup.from_systemd,
     };
     let pid_file = initial.lifecycle.pid_file.clone();
     // Before "ready": the parent may be gone a millisecond later, and the pid file must name
     // a live server by then. If the parent rejects us after all, it writes its own back.
+    // Likewise systemd learns MAINPID before the old main process can exit.
     claim_pid_file(&ctx, &pid_file);
+    systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
     if let Err(err) = startup.report_ready() {
         // The parent gave up (it stops us) or died (then we are the server): keep serving.
         tracing::warn!(error = %err, "could not tell the previous generation we are ready");
     }
-    systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
     tracing::info!(
         pid = ctx.process.pid(),
         generation = ctx.process.generation(),
@@ -215,8 +217,9 @@ async fn serve_until_exit(ctx: &Context, commands: &mut Commands, server: &Serve
                         tracing::error!(error = %err, "upgrade failed; still serving, nothing changed");
                         ctx.process.record_upgrade(false, None, Some(err.to_string()));
                         ctx.process.set_phase(Phase::Serving);
-                        // The child may have claimed the pid file before it failed.
+                        // The child may have claimed the pid file and MAINPID before it failed.
                         claim_pid_file(ctx, &ctx.settings.current().lifecycle.pid_file);
+                        systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
                     }
                 }
             }
@@ -258,7 +261,8 @@ fn begin_upgrade(
             Err(err) => {
                 ctx.process.set_phase(Phase::Serving);
                 let reason = format!("cannot duplicate the {name} socket: {err}");
-                ctx.process.record_upgrade(false, None, Some(reason.clone()));
+                ctx.process
+                    .record_upgrade(false, None, Some(reason.clone()));
                 tracing::error!(%reason, "upgrade failed; still serving, nothing changed");
                 publish(ctx);
                 return None;
@@ -268,12 +272,14 @@ fn begin_upgrade(
     let settings = ctx.settings.current();
     let image = ctx.image.clone();
     let generation = ctx.process.generation();
+    let from_systemd = ctx.from_systemd;
     tracing::info!(program = %image.program().display(), "upgrade requested");
     Some(tokio::spawn(async move {
         upgrade::start_successor(
             &image,
             sockets,
             generation,
+            from_systemd,
             settings.upgrade.ready_timeout,
             settings.lifecycle.shutdown_timeout,
         )

@@ -134,6 +134,9 @@ mod tests {
         let first = proc_stat(me).expect("own stat");
         assert!(!first.zombie);
         assert_eq!(proc_stat(me), Some(first));
-        assert_eq!(state_path(Path::new("run/baton.pid")), Path::new("run/baton.state.json"));
+        assert_eq!(
+            state_path(Path::new("run/baton.pid")),
+            Path::new("run/baton.state.json")
+        );
     }
 }

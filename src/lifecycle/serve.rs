@@ -135,7 +135,10 @@ async fn accept_loop(
 /// Errors that concern one connection that died in the queue, not the listener.
 fn is_per_connection(err: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
-    matches!(err.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+    matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use super::handover::{
-    ERROR_MESSAGE, ExecImage, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, PARENT_PID, PROTOCOL_VARS,
-    READY_FD, READY_MESSAGE,
+    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, PARENT_PID,
+    PROTOCOL_VARS, READY_FD, READY_MESSAGE,
 };
 
 /// Inherited fds start at 3, as in systemd's protocol.
@@ -72,6 +72,7 @@ pub(crate) async fn start_successor(
     image: &ExecImage,
     listeners: Vec<(String, OwnedFd)>,
     generation: u64,
+    from_systemd: bool,
     ready_timeout: Duration,
     stop_grace: Duration,
 ) -> Result<Successor, UpgradeError> {
@@ -80,7 +81,7 @@ pub(crate) async fn start_successor(
         path: image.program.clone(),
         source,
     })?;
-    let mut child = spawn(image, listeners, writer, generation)?;
+    let mut child = spawn(image, listeners, writer, generation, from_systemd)?;
     let pid = child.id().unwrap_or(0);
     tracing::info!(pid, generation, program = %image.program.display(), "started the next generation; waiting for it to be ready");
 
@@ -115,6 +116,7 @@ fn spawn(
     listeners: Vec<(String, OwnedFd)>,
     ready_writer: std::io::PipeWriter,
     generation: u64,
+    from_systemd: bool,
 ) -> Result<Child, UpgradeError> {
     let count = listeners.len();
     let names: Vec<String> = listeners.iter().map(|(name, _)| name.clone()).collect();
@@ -147,6 +149,9 @@ fn spawn(
         .env(READY_FD, ready_fd.to_string())
         .env(GENERATION, (generation + 1).to_string())
         .env(PARENT_PID, std::process::id().to_string());
+    if from_systemd {
+        command.env(FROM_SYSTEMD, "1");
+    }
     // command-fds dup2()s each fd to its number in the child and clears close-on-exec only
     // there, so nothing else of ours crosses (it also handles an fd already at its target).
     command
@@ -245,7 +250,9 @@ async fn stop_and_reap(mut child: Child, pid: u32, grace: Duration) {
         }
     };
     match status {
-        Ok(status) => tracing::info!(pid, status = %describe(status), "failed next generation reaped"),
+        Ok(status) => {
+            tracing::info!(pid, status = %describe(status), "failed next generation reaped")
+        }
         Err(err) => tracing::warn!(pid, error = %err, "could not reap the failed next generation"),
     }
 }
