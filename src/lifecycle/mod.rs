@@ -51,7 +51,7 @@ pub use handover::{ExecImage, Startup};
 pub use listeners::ListenError;
 pub use pidfile::{PidFileError, ProcStat, proc_stat, state_path};
 pub use record::{ReloadSummary, ServerRecord};
-pub use signals::{Command, Commands};
+pub use signals::{Command, CommandSender, Commands};
 pub use state::{ListenerInfo, Phase, ProcessState, RefusalRecord, UpgradeRecord};
 pub use upgrade::UpgradeError;
 

@@ -1,4 +1,6 @@
 //! The one place that turns OS signals into intents. Everything else reacts to [`Command`]s.
+//! Other triggers (the config file watcher) inject commands through a [`CommandSender`], so
+//! they take exactly the path a signal takes.
 
 use futures_util::StreamExt;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -30,6 +32,19 @@ impl Command {
 /// default action of SIGUSR1/SIGUSR2 would terminate the process.
 pub struct Commands {
     signals: Signals,
+    injected: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    sender: CommandSender,
+}
+
+/// Sends a command into the same stream signals arrive on.
+#[derive(Debug, Clone)]
+pub struct CommandSender(tokio::sync::mpsc::UnboundedSender<Command>);
+
+impl CommandSender {
+    /// `false` once the process no longer listens for commands.
+    pub fn send(&self, command: Command) -> bool {
+        self.0.send(command).is_ok()
+    }
 }
 
 impl std::fmt::Debug for Commands {
@@ -41,17 +56,35 @@ impl std::fmt::Debug for Commands {
 impl Commands {
     pub fn install() -> std::io::Result<Commands> {
         let signals = Signals::new([SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT, SIGQUIT])?;
-        Ok(Commands { signals })
+        let (tx, injected) = tokio::sync::mpsc::unbounded_channel();
+        Ok(Commands {
+            signals,
+            injected,
+            sender: CommandSender(tx),
+        })
+    }
+
+    /// A handle to inject commands (e.g. a reload when a config file changes).
+    pub fn sender(&self) -> CommandSender {
+        self.sender.clone()
     }
 
     /// The next command. Signals of one kind that arrive together may be coalesced by the OS,
     /// which is why a reload re-reads everything rather than counting.
     pub async fn next(&mut self) -> Option<Command> {
-        while let Some(signal) = self.signals.next().await {
-            if let Some(command) = Command::from_signal(signal) {
-                return Some(command);
+        loop {
+            tokio::select! {
+                signal = self.signals.next() => match signal {
+                    Some(signal) => {
+                        if let Some(command) = Command::from_signal(signal) {
+                            return Some(command);
+                        }
+                    }
+                    None => return None,
+                },
+                // Never ends: `self` holds a sender.
+                Some(command) = self.injected.recv() => return Some(command),
             }
         }
-        None
     }
 }
