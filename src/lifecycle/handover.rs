@@ -21,12 +21,15 @@ pub(crate) const READY_FD: &str = "BATON_UPGRADE_READY_FD";
 pub(crate) const GENERATION: &str = "BATON_UPGRADE_GENERATION";
 /// The parent's pid, so the child can tell whether its parent is still draining.
 pub(crate) const PARENT_PID: &str = "BATON_UPGRADE_PARENT_PID";
+/// Set in supervised mode: the worker's supervisor, which owns the pid file and upgrades.
+pub(crate) const SUPERVISOR_PID: &str = "BATON_UPGRADE_SUPERVISOR_PID";
 /// Set when the first generation got its sockets from systemd socket activation: the socket
 /// units stay the source of truth for addresses in every later generation too.
 pub(crate) const FROM_SYSTEMD: &str = "BATON_UPGRADE_FROM_SYSTEMD";
 /// Every variable of the protocol: removed from the environment handed to a child before the
 /// fresh values are set, so nothing stale crosses two generations.
-pub(crate) const PROTOCOL_VARS: [&str; 7] = [
+pub(crate) const PROTOCOL_VARS: [&str; 8] = [
+    SUPERVISOR_PID,
     LISTEN_FDS,
     LISTEN_PID,
     LISTEN_FDNAMES,
@@ -57,6 +60,8 @@ pub struct Startup {
     ready_pipe: Option<ReadyPipe>,
     generation: u64,
     pub(crate) parent_pid: Option<u32>,
+    /// Set when this process is a worker of a supervisor.
+    pub(crate) supervisor_pid: Option<u32>,
     pub(crate) image: ExecImage,
 }
 
@@ -94,6 +99,7 @@ impl Startup {
             ready_pipe: ReadyPipe::from_env(),
             generation,
             parent_pid: env_number(PARENT_PID).and_then(|p| u32::try_from(p).ok()),
+            supervisor_pid: env_number(SUPERVISOR_PID).and_then(|p| u32::try_from(p).ok()),
             image: ExecImage::current(),
         }
     }
@@ -101,6 +107,11 @@ impl Startup {
     /// 1 for a fresh start, the parent's + 1 after an upgrade.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// `true` when this process is a worker started by a supervisor.
+    pub fn is_worker(&self) -> bool {
+        self.supervisor_pid.is_some()
     }
 
     /// `true` when an older generation started this process and waits for it to be ready.

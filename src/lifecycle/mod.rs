@@ -95,6 +95,8 @@ struct Context {
     process: ProcessState,
     image: ExecImage,
     parent_pid: Option<u32>,
+    /// Set when a supervisor owns the pid file and does the upgrades.
+    supervisor_pid: Option<u32>,
     from_systemd: bool,
 }
 
@@ -138,6 +140,7 @@ pub async fn run(
         process,
         image: startup.image.clone(),
         parent_pid: startup.parent_pid,
+        supervisor_pid: startup.supervisor_pid,
         from_systemd: startup.from_systemd,
     };
     let pid_file = initial.lifecycle.pid_file.clone();
@@ -145,7 +148,9 @@ pub async fn run(
     // a live server by then. If the parent rejects us after all, it writes its own back.
     // Likewise systemd learns MAINPID before the old main process can exit.
     claim_pid_file(&ctx, &pid_file);
-    systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
+    if ctx.supervisor_pid.is_none() {
+        systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
+    }
     if let Err(err) = startup.report_ready() {
         // The parent gave up (it stops us) or died (then we are the server): keep serving.
         tracing::warn!(error = %err, "could not tell the previous generation we are ready");
@@ -163,6 +168,7 @@ pub async fn run(
     }
     drain_until_done(&ctx, &mut commands, &mut server, &pid_file).await;
     if exit == Exit::Shutdown {
+        // Both only if they still name us: a worker never owns the pid file.
         pidfile::remove_if_ours(&pid_file, ctx.process.pid());
         remove_state_if_ours(&pid_file, ctx.process.pid());
     }
@@ -186,7 +192,7 @@ fn wanted(settings: &Settings) -> Vec<Wanted> {
 }
 
 async fn serve_until_exit(ctx: &Context, commands: &mut Commands, server: &Server) -> Exit {
-    let mut in_flight: Option<JoinHandle<Result<upgrade::Successor, UpgradeError>>> = None;
+    let mut in_flight: Option<JoinHandle<Result<u32, UpgradeError>>> = None;
     loop {
         tokio::select! {
             command = commands.next() => match command {
@@ -209,9 +215,9 @@ async fn serve_until_exit(ctx: &Context, commands: &mut Commands, server: &Serve
                 }));
                 match result {
                     Ok(successor) => {
-                        tracing::info!(successor = successor.pid, "the next generation is ready; handing over");
-                        ctx.process.record_upgrade(true, Some(successor.pid), None);
-                        return Exit::HandedOver { successor: successor.pid };
+                        tracing::info!(successor, "the next generation is ready; handing over");
+                        ctx.process.record_upgrade(true, Some(successor), None);
+                        return Exit::HandedOver { successor };
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "upgrade failed; still serving, nothing changed");
@@ -231,13 +237,19 @@ async fn serve_until_exit(ctx: &Context, commands: &mut Commands, server: &Serve
 fn begin_upgrade(
     ctx: &Context,
     server: &Server,
-) -> Option<JoinHandle<Result<upgrade::Successor, UpgradeError>>> {
+) -> Option<JoinHandle<Result<u32, UpgradeError>>> {
     let refuse = |reason: String, in_flight: bool| {
         tracing::warn!(reason = %reason, "upgrade refused");
         ctx.process.record_refusal(reason, in_flight);
         publish(ctx);
         None
     };
+    if let Some(supervisor) = ctx.supervisor_pid {
+        return refuse(
+            format!("this is a supervised worker; send SIGUSR2 to the supervisor (pid {supervisor})"),
+            false,
+        );
+    }
     if let Some(parent) = ctx.parent_pid
         && nix::unistd::getppid().as_raw() == i32::try_from(parent).unwrap_or(-1)
     {
@@ -275,11 +287,16 @@ fn begin_upgrade(
     let from_systemd = ctx.from_systemd;
     tracing::info!(program = %image.program().display(), "upgrade requested");
     Some(tokio::spawn(async move {
+        let handover = upgrade::Handover {
+            generation: generation + 1,
+            parent_pid: Some(std::process::id()),
+            supervisor_pid: None,
+            from_systemd,
+        };
         upgrade::start_successor(
             &image,
             sockets,
-            generation,
-            from_systemd,
+            handover,
             settings.upgrade.ready_timeout,
             settings.lifecycle.shutdown_timeout,
         )
@@ -376,9 +393,11 @@ fn warn_upgrade_only(keys: &[&'static str]) {
     }
 }
 
-/// Makes the pid file and the state file name this process.
+/// Makes the pid file and the state file name this process. A supervised worker writes only
+/// the state file: the pid file names the supervisor, the stable pid clients signal.
 fn claim_pid_file(ctx: &Context, pid_file: &std::path::Path) {
-    if let Err(err) = pidfile::write(pid_file, ctx.process.pid()) {
+    if ctx.supervisor_pid.is_none()
+        && let Err(err) = pidfile::write(pid_file, ctx.process.pid()) {
         tracing::error!(path = %pid_file.display(), error = %err, "could not write the pid file; `baton reload|upgrade|stop` will not find this process");
     }
     publish(ctx);
@@ -405,7 +424,7 @@ fn publish(ctx: &Context) {
         cwd: ctx.image.cwd.clone(),
         config_dir: ctx.image.cwd.join(&ctx.settings.source().dir),
         listeners: ctx.process.listeners(),
-        supervised: false,
+        supervised: ctx.supervisor_pid.is_some(),
         config_generation: ctx.settings.generation(),
         last_reload: ctx
             .settings

@@ -12,10 +12,10 @@ use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
+use std::process::Command;
 
 use super::handover::{
-    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, PARENT_PID,
+    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, SUPERVISOR_PID, LISTEN_FDNAMES, LISTEN_FDS, PARENT_PID,
     PROTOCOL_VARS, READY_FD, READY_MESSAGE,
 };
 
@@ -57,41 +57,89 @@ pub enum UpgradeError {
     Protocol { pid: u32, detail: String },
 }
 
-/// A child that reported ready. It is not ours to stop any more: dropping this leaves it
-/// running (it is reparented when we exit).
-#[derive(Debug)]
-pub(crate) struct Successor {
-    pub(crate) pid: u32,
+/// What the next process is told besides its sockets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Handover {
+    /// The new process's generation.
+    pub(crate) generation: u64,
+    /// Set in direct mode: the new process refuses upgrades while this parent still drains.
+    pub(crate) parent_pid: Option<u32>,
+    /// Set in supervised mode: the new process is a worker of this supervisor.
+    pub(crate) supervisor_pid: Option<u32>,
+    pub(crate) from_systemd: bool,
 }
 
-/// Starts `image` as the generation after `generation`, handing it `listeners` (duplicates of
-/// ours, by name), and waits for it to be
-/// ready. On failure the child is stopped (SIGTERM, then SIGKILL after `stop_grace`) and
-/// reaped in the background, so the next upgrade can start at once.
-pub(crate) async fn start_successor(
+/// A started process that has not yet said it is ready.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    /// Held only so the process can be waited for in direct mode; the supervisor reaps with
+    /// `waitpid(-1)` instead and never waits on it.
+    pub(crate) child: std::process::Child,
+    pub(crate) ready: std::io::PipeReader,
+}
+
+/// Starts `image` with `listeners` (duplicates of ours, by name) and a readiness pipe.
+pub(crate) fn spawn_process(
     image: &ExecImage,
     listeners: Vec<(String, OwnedFd)>,
-    generation: u64,
-    from_systemd: bool,
-    ready_timeout: Duration,
-    stop_grace: Duration,
-) -> Result<Successor, UpgradeError> {
+    handover: Handover,
+) -> Result<Spawned, UpgradeError> {
     check_executable(&image.program)?;
     let (reader, writer) = std::io::pipe().map_err(|source| UpgradeError::Spawn {
         path: image.program.clone(),
         source,
     })?;
-    let mut child = spawn(image, listeners, writer, generation, from_systemd)?;
-    let pid = child.id().unwrap_or(0);
-    tracing::info!(pid, generation, program = %image.program.display(), "started the next generation; waiting for it to be ready");
+    let child = spawn(image, listeners, writer, handover)?;
+    let pid = child.id();
+    tracing::info!(
+        pid,
+        generation = handover.generation,
+        program = %image.program.display(),
+        "started the next generation; waiting for it to be ready"
+    );
+    Ok(Spawned {
+        pid,
+        child,
+        ready: reader,
+    })
+}
 
-    match wait_ready(&mut child, pid, reader, ready_timeout).await {
-        Ok(()) => Ok(Successor { pid }),
-        Err(err) => {
+/// Direct mode: starts the next generation and waits for it to be ready. On failure the child
+/// is stopped (SIGTERM, then SIGKILL after `stop_grace`) and reaped in the background, so the
+/// next upgrade can start at once. On success it is not ours to stop any more: it runs on
+/// (and is reparented) when we exit.
+pub(crate) async fn start_successor(
+    image: &ExecImage,
+    listeners: Vec<(String, OwnedFd)>,
+    handover: Handover,
+    ready_timeout: Duration,
+    stop_grace: Duration,
+) -> Result<u32, UpgradeError> {
+    let Spawned { pid, mut child, ready } = spawn_process(image, listeners, handover)?;
+    match wait_ready(pid, ready, ready_timeout).await {
+        Ok(()) => Ok(pid),
+        Err(mut err) => {
+            if let UpgradeError::Exited { status, .. } = &mut err
+                && let Some(exit) = exit_status_soon(&mut child).await
+            {
+                *status = describe(exit);
+            }
             tokio::spawn(stop_and_reap(child, pid, stop_grace));
             Err(err)
         }
     }
+}
+
+/// The exit status of a child that is dying, if it comes within a second.
+async fn exit_status_soon(child: &mut std::process::Child) -> Option<ExitStatus> {
+    for _ in 0..50 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 fn check_executable(path: &std::path::Path) -> Result<(), UpgradeError> {
@@ -115,9 +163,8 @@ fn spawn(
     image: &ExecImage,
     listeners: Vec<(String, OwnedFd)>,
     ready_writer: std::io::PipeWriter,
-    generation: u64,
-    from_systemd: bool,
-) -> Result<Child, UpgradeError> {
+    handover: Handover,
+) -> Result<std::process::Child, UpgradeError> {
     let count = listeners.len();
     let names: Vec<String> = listeners.iter().map(|(name, _)| name.clone()).collect();
     let mut mappings = Vec::with_capacity(count + 1);
@@ -147,9 +194,17 @@ fn spawn(
         .env(LISTEN_FDS, count.to_string())
         .env(LISTEN_FDNAMES, names.join(":"))
         .env(READY_FD, ready_fd.to_string())
-        .env(GENERATION, (generation + 1).to_string())
-        .env(PARENT_PID, std::process::id().to_string());
-    if from_systemd {
+        .env(GENERATION, handover.generation.to_string());
+    if let Some(parent) = handover.parent_pid {
+        command.env(PARENT_PID, parent.to_string());
+    }
+    if let Some(supervisor) = handover.supervisor_pid {
+        command.env(SUPERVISOR_PID, supervisor.to_string());
+        // The supervisor is systemd's main process; a worker announcing MAINPID would be
+        // taken for the service and left orphaned at the next upgrade.
+        command.env_remove("NOTIFY_SOCKET");
+    }
+    if handover.from_systemd {
         command.env(FROM_SYSTEMD, "1");
     }
     // command-fds dup2()s each fd to its number in the child and clears close-on-exec only
@@ -167,8 +222,9 @@ fn spawn(
     child
 }
 
-async fn wait_ready(
-    child: &mut Child,
+/// Waits for the readiness line. End of file is reported as `Exited` with a placeholder
+/// status the caller may refine (only it knows how its children are reaped).
+pub(crate) async fn wait_ready(
     pid: u32,
     reader: std::io::PipeReader,
     ready_timeout: Duration,
@@ -194,18 +250,11 @@ async fn wait_ready(
             pid,
             reason: rest.to_owned(),
         }),
-        "" => {
-            // End of file without a word: the child died (or closed the pipe). Its status,
-            // when it comes quickly, tells how.
-            let status = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
-            Err(UpgradeError::Exited {
-                pid,
-                status: match status {
-                    Ok(Ok(status)) => describe(status),
-                    _ => "it closed the readiness pipe".to_owned(),
-                },
-            })
-        }
+        // End of file without a word: the child died, or closed the pipe.
+        "" => Err(UpgradeError::Exited {
+            pid,
+            status: "it closed the readiness pipe".to_owned(),
+        }),
         _ => Err(protocol(format!("unexpected message {line:?}"))),
     }
 }
@@ -224,7 +273,7 @@ async fn read_line(reader: &mut tokio::net::unix::pipe::Receiver) -> std::io::Re
     Ok(String::from_utf8_lossy(line).trim().to_owned())
 }
 
-fn describe(status: ExitStatus) -> String {
+pub(crate) fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
@@ -238,21 +287,38 @@ fn describe(status: ExitStatus) -> String {
 
 /// SIGTERM first: a child that began accepting just as the deadline passed drains its
 /// connections rather than resetting them. SIGKILL if it is still there after `grace`.
-async fn stop_and_reap(mut child: Child, pid: u32, grace: Duration) {
-    if let Ok(raw) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-    }
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            let _ = child.start_kill();
-            child.wait().await
+async fn stop_and_reap(mut child: std::process::Child, pid: u32, grace: Duration) {
+    terminate(pid);
+    let deadline = tokio::time::Instant::now() + grace;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                // SIGKILL cannot be ignored: the wait is short.
+                break tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            }
+            Err(err) => break Err(err),
         }
     };
     match status {
-        Ok(status) => {
-            tracing::info!(pid, status = %describe(status), "failed next generation reaped")
-        }
+        Ok(status) => tracing::info!(pid, status = %describe(status), "failed next generation reaped"),
         Err(err) => tracing::warn!(pid, error = %err, "could not reap the failed next generation"),
+    }
+}
+
+/// Sends SIGTERM to `pid`; a process already gone is not an error.
+pub(crate) fn terminate(pid: u32) {
+    send(pid, Signal::SIGTERM);
+}
+
+pub(crate) fn send(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), signal);
     }
 }

@@ -2,6 +2,9 @@
 //! "hello" server on loopback and prints the reports.
 //!
 //! `cargo run --release -p loadgen --example selfcheck [seconds] [connections]`
+//!
+//! With `serve` as the only argument it just serves (printing its address) for 60 s, so another
+//! load tool can be compared against the same server.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -16,7 +19,8 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let serve_only = args.next_if(|arg| arg == "serve").is_some();
     let seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let connections = args.next().and_then(|s| s.parse().ok()).unwrap_or(16);
 
@@ -38,6 +42,13 @@ async fn main() -> std::io::Result<()> {
             });
         }
     });
+
+    if serve_only {
+        println!("serving on http://{addr}/ for 60 s");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        server.abort();
+        return Ok(());
+    }
 
     for mode in [Mode::KeepAlive, Mode::Close, Mode::H2] {
         let load = loadgen::start(LoadConfig {

@@ -151,6 +151,16 @@ impl Connection {
     }
 }
 
+/// A connection that the server accepted and then dropped before any request was written: the
+/// same failure as a new connection closed before the request could be sent (not `Connect`, which
+/// is for connections the server never accepted).
+fn handshake_failed(err: &(dyn std::error::Error + 'static)) -> Failure {
+    Failure::EarlyClose(format!(
+        "the new connection failed before the request was written: {}",
+        failure::chain(err)
+    ))
+}
+
 /// The task driving a connection's I/O, stopped when the connection is dropped so that no socket
 /// outlives the load run.
 #[derive(Debug)]
@@ -173,7 +183,7 @@ impl Http1 {
     async fn start(stream: TcpStream) -> Result<Self, Failure> {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|err| Failure::Connect(failure::chain(&err)))?;
+            .map_err(|err| handshake_failed(&err))?;
         // The connection's own error is also delivered to the request that was in flight, which
         // is where it is counted.
         let driver = tokio::spawn(async move {
@@ -239,9 +249,10 @@ pub(crate) struct H2c {
 
 impl H2c {
     async fn start(stream: TcpStream) -> Result<Self, Failure> {
+        // Writes the connection preface, so it fails if the server already dropped the socket.
         let (sender, connection) = h2::client::handshake(stream)
             .await
-            .map_err(|err| Failure::Connect(failure::chain(&err)))?;
+            .map_err(|err| handshake_failed(&err))?;
         // As for HTTP/1.1, the connection's error reaches the open stream, which counts it.
         let driver = tokio::spawn(async move {
             let _ = connection.await;
