@@ -30,7 +30,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Serve (the default).
-    Serve,
+    Serve {
+        /// Run a supervisor that keeps a stable pid and upgrades worker processes (always on
+        /// when baton is PID 1, e.g. in a container).
+        #[arg(long)]
+        supervise: bool,
+    },
     /// Validate the configuration and print the effective settings (secrets redacted).
     Check,
     /// Reload the running server's configuration (SIGUSR1) and report the outcome.
@@ -66,9 +71,9 @@ pub enum Cmd {
 /// anything starts a thread, so `main` captures it first.
 pub fn run(cli: Cli, startup: Startup) -> ExitCode {
     let source = ConfigSource::from_env(cli.config_dir.clone());
-    match cli.command.unwrap_or(Cmd::Serve) {
-        Cmd::Serve => match crate::server::serve(startup, source) {
-            Ok(_) => ExitCode::SUCCESS,
+    match cli.command.unwrap_or(Cmd::Serve { supervise: false }) {
+        Cmd::Serve { supervise } => match crate::server::serve(startup, source, supervise) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(err) => fail(&format!("baton: {err}"), 1),
         },
         Cmd::Check => check(&source),
@@ -94,7 +99,13 @@ pub fn run(cli: Cli, startup: Startup) -> ExitCode {
         }
         Cmd::Upgrade { timeout } => report(
             lifecycle::upgrade(&pid_file(&source), timeout)
-                .map(|u| format!("upgraded {} -> {} ({})", u.old_pid, u.new_pid, u.version)),
+                .map(|u| match u.supervisor {
+                    Some(sup) => format!(
+                        "upgraded {} -> {} ({}), supervisor pid {sup}",
+                        u.old_pid, u.new_pid, u.version
+                    ),
+                    None => format!("upgraded {} -> {} ({})", u.old_pid, u.new_pid, u.version),
+                }),
         ),
         Cmd::Stop { timeout } => {
             report(lifecycle::stop(&pid_file(&source), timeout).map(|pid| format!("stopped {pid}")))
@@ -106,8 +117,12 @@ pub fn run(cli: Cli, startup: Startup) -> ExitCode {
                 .iter()
                 .map(|l| format!("{}={}", l.name, l.addr))
                 .collect();
+            let mode = match &l.supervisor {
+                Some(_) => format!("supervised, worker pid {}, ", r.pid),
+                None => String::new(),
+            };
             format!(
-                "running: pid {}, generation {}, version {}, config generation {}, listening {}",
+                "running: pid {}, {mode}generation {}, version {}, config generation {}, listening {}",
                 l.pid,
                 r.generation,
                 r.version,

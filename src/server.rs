@@ -28,16 +28,32 @@ pub enum ServeError {
     SelfCheck(String),
     #[error(transparent)]
     Lifecycle(#[from] lifecycle::LifecycleError),
+    #[error("supervisor: {0}")]
+    Supervisor(#[from] lifecycle::SupervisorError),
 }
 
-/// Runs the server until it is shut down or replaced. `startup` must have been captured
-/// before any thread was started.
-pub fn serve(mut startup: Startup, config: ConfigSource) -> Result<Exit, ServeError> {
-    let result = build(&config).and_then(|(settings, telemetry, runtime)| {
+/// Runs the server until it is shut down or replaced, or the supervisor when asked for
+/// (`supervise`, `lifecycle.supervise`) or when running as PID 1. Returns the exit code.
+/// `startup` must have been captured before any thread was started.
+pub fn serve(
+    mut startup: Startup,
+    config: ConfigSource,
+    supervise: bool,
+) -> Result<i32, ServeError> {
+    let result = load(&config).and_then(|(settings, telemetry)| {
+        if lifecycle::should_supervise(&startup, supervise, &settings) {
+            // One thread: the supervisor only waits on signals, pipes and children.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServeError::Runtime)?;
+            return Ok(runtime.block_on(lifecycle::supervise(&mut startup, config, settings))?);
+        }
+        let runtime = build_runtime(&settings)?;
         let outcome = runtime.block_on(run(&mut startup, config, settings, telemetry));
         // Connections still open after the drain's deadline were already counted and cut.
         runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-        outcome
+        outcome.map(|_| 0)
     });
     if let Err(err) = &result {
         startup.report_failure(&err.to_string());
@@ -45,18 +61,19 @@ pub fn serve(mut startup: Startup, config: ConfigSource) -> Result<Exit, ServeEr
     result
 }
 
-fn build(
-    config: &ConfigSource,
-) -> Result<(Settings, telemetry::Telemetry, tokio::runtime::Runtime), ServeError> {
+fn load(config: &ConfigSource) -> Result<(Settings, telemetry::Telemetry), ServeError> {
     let settings = Settings::load(config)?;
     let telemetry = telemetry::init(&settings.log)?;
+    Ok((settings, telemetry))
+}
+
+fn build_runtime(settings: &Settings) -> Result<tokio::runtime::Runtime, ServeError> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if settings.server.worker_threads > 0 {
         runtime.worker_threads(settings.server.worker_threads);
     }
-    let runtime = runtime.build().map_err(ServeError::Runtime)?;
-    Ok((settings, telemetry, runtime))
+    runtime.build().map_err(ServeError::Runtime)
 }
 
 async fn run(

@@ -22,6 +22,7 @@ mod tests;
 
 use axum::Router;
 use axum::routing::get;
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 pub use error::AppError;
@@ -31,26 +32,29 @@ use routes::{events, items, root, settings, slow};
 
 /// The public service: `/`, `/healthz`, `/readyz`, `/api/...`.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/settings", get(settings::show))
-        .route("/items", get(items::list).post(items::create))
-        .route("/items/{id}", get(items::show).delete(items::delete))
-        .route("/slow", get(slow::sleep))
-        .route("/events", get(events::stream));
-
+    // Full paths rather than `nest("/api", ...)`: nesting rewrites the URI of every request
+    // (`StripPrefix`), and a flat table is the easiest to grep.
     Router::new()
         .route("/", get(root::greet))
         .route("/healthz", get(root::healthz))
         .route("/readyz", get(root::readyz))
-        .nest("/api", api)
+        .route("/api/settings", get(settings::show))
+        .route("/api/items", get(items::list).post(items::create))
+        .route("/api/items/{id}", get(items::show).delete(items::delete))
+        .route("/api/slow", get(slow::sleep))
+        .route("/api/events", get(events::stream))
         .fallback(root::not_found)
-        // Layers run outside-in in the reverse order of these calls: the trace span wraps
+        // One `layer` call for both: each `Router::layer` wraps every route in another boxed
+        // service that is cloned per request. Outermost first: the trace span covers
         // everything, including a timeout's 503.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::apply_settings,
-        ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    middleware::apply_settings,
+                )),
+        )
         .with_state(state)
 }
 

@@ -10,7 +10,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::pidfile::{self, PidFileError, proc_stat, state_path};
-use super::record::{ReloadSummary, ServerRecord};
+use super::record::{ReloadSummary, ServerRecord, SupervisorRecord};
+use super::supervisor_path;
 
 /// How often a client looks at the state file while it waits.
 const POLL: Duration = Duration::from_millis(20);
@@ -64,8 +65,14 @@ impl ControlError {
 /// A running server, verified.
 #[derive(Debug, Clone)]
 pub struct Located {
+    /// The pid the pid file names and signals go to: the server, or its supervisor.
     pub pid: u32,
+    /// Its start time (see `ProcStat`), to tell it from a later process with the same pid.
+    pub start_ticks: u64,
+    /// The serving process's state (in supervised mode, the current worker's).
     pub record: ServerRecord,
+    /// Set in supervised mode.
+    pub supervisor: Option<SupervisorRecord>,
 }
 
 /// Finds the server named by `pid_file` and checks the pid is still that server: same pid and
@@ -88,17 +95,40 @@ pub fn locate(pid_file: &Path) -> Result<Located, ControlError> {
         if stat.zombie {
             return Err(stale("that process has exited"));
         }
-        match ServerRecord::read(&state_path(pid_file)) {
-            Some(record) if record.pid == pid && record.start_ticks == stat.start_ticks => {
-                return Ok(Located { pid, record });
+        let record = ServerRecord::read(&state_path(pid_file));
+        let supervisor =
+            SupervisorRecord::read(&supervisor_path(pid_file)).filter(|s| s.pid == pid);
+        let retry = Instant::now() < deadline;
+        match (supervisor, record) {
+            (Some(sup), _) if sup.start_ticks != stat.start_ticks => {
+                return Err(stale("that pid now belongs to another process"));
             }
-            Some(record) if record.pid == pid => {
+            (Some(sup), Some(record)) if sup.worker_pid == Some(record.pid) => {
+                return Ok(Located {
+                    pid,
+                    start_ticks: stat.start_ticks,
+                    record,
+                    supervisor: Some(sup),
+                });
+            }
+            // A worker is starting or being replaced: its state file follows shortly.
+            (Some(_), _) if retry => std::thread::sleep(POLL),
+            (Some(_), _) => return Err(stale("its supervisor has no worker serving")),
+            (None, Some(record)) if record.pid == pid && record.start_ticks == stat.start_ticks => {
+                return Ok(Located {
+                    pid,
+                    start_ticks: stat.start_ticks,
+                    record,
+                    supervisor: None,
+                });
+            }
+            (None, Some(record)) if record.pid == pid => {
                 return Err(stale("that pid now belongs to another process"));
             }
             // The file may be mid-handover (pid file first, state file next): look again.
-            _ if Instant::now() < deadline => std::thread::sleep(POLL),
-            Some(_) => return Err(stale("the state file names another process")),
-            None => return Err(stale("its state file is missing")),
+            _ if retry => std::thread::sleep(POLL),
+            (None, Some(_)) => return Err(stale("the state file names another process")),
+            (None, None) => return Err(stale("its state file is missing")),
         }
     }
 }
@@ -138,18 +168,25 @@ fn wait_for<T>(
 
 /// SIGUSR1, then the server's verdict on the configuration it re-read.
 pub fn reload(pid_file: &Path, timeout: Duration) -> Result<ReloadSummary, ControlError> {
-    let Located { pid, record } = locate(pid_file)?;
+    let Located {
+        pid,
+        start_ticks,
+        record,
+        ..
+    } = locate(pid_file)?;
     let before = record.last_reload.as_ref().map_or(0, |r| r.seq);
+    // In supervised mode the supervisor forwards the signal to this worker.
+    let server = record.pid;
     signal(pid, Signal::SIGUSR1)?;
     let state = state_path(pid_file);
     wait_for(timeout, "the reload outcome", || {
-        if !alive(pid, record.start_ticks) {
+        if !alive(pid, start_ticks) {
             return Some(Err(ControlError::Exited {
                 pid,
                 what: "reloading",
             }));
         }
-        let now = ServerRecord::read(&state).filter(|r| r.pid == pid)?;
+        let now = ServerRecord::read(&state).filter(|r| r.pid == server)?;
         let reload = now.last_reload.filter(|r| r.seq > before)?;
         Some(match reload.error {
             Some(error) => Err(ControlError::ReloadRejected(error)),
@@ -161,16 +198,35 @@ pub fn reload(pid_file: &Path, timeout: Duration) -> Result<ReloadSummary, Contr
 /// A finished upgrade.
 #[derive(Debug, Clone)]
 pub struct Upgraded {
+    /// The process replaced (in supervised mode, the old worker).
     pub old_pid: u32,
     pub new_pid: u32,
     pub version: String,
+    /// Set in supervised mode: the supervisor, whose pid does not change.
+    pub supervisor: Option<u32>,
 }
 
 /// Checks the configuration with the binary an upgrade will start (as `nginx -t`), then
 /// SIGUSR2, then waits until the next generation serves or the server says why not.
 pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, ControlError> {
-    let Located { pid, record } = locate(pid_file)?;
-    precheck(&record)?;
+    let located = locate(pid_file)?;
+    precheck(&located.record)?;
+    match located.supervisor.clone() {
+        Some(sup) => upgrade_supervised(pid_file, located, sup, timeout),
+        None => upgrade_direct(pid_file, located, timeout),
+    }
+}
+
+fn upgrade_direct(
+    pid_file: &Path,
+    Located {
+        pid,
+        start_ticks,
+        record,
+        ..
+    }: Located,
+    timeout: Option<Duration>,
+) -> Result<Upgraded, ControlError> {
     let upgrades_before = record.last_upgrade.as_ref().map_or(0, |r| r.seq);
     let refusals_before = record.last_refusal.as_ref().map_or(0, |r| r.seq);
     let timeout =
@@ -187,26 +243,22 @@ pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, C
                 old_pid: pid,
                 new_pid: new.pid,
                 version: new.record.version,
+                supervisor: None,
             }));
         }
-        let now = ServerRecord::read(&state).filter(|r| r.pid == pid);
-        if let Some(now) = now {
-            if let Some(up) = now
-                .last_upgrade
-                .filter(|u| u.seq > upgrades_before && !u.ok)
-            {
-                let reason = up.error.unwrap_or_else(|| "no reason recorded".into());
-                return Some(Err(ControlError::UpgradeFailed(reason)));
-            }
-            if let Some(refusal) = now
-                .last_refusal
-                .filter(|r| r.seq > refusals_before && !r.in_flight)
-            {
-                return Some(Err(ControlError::UpgradeRefused(refusal.reason)));
-            }
+        if let Some(now) = ServerRecord::read(&state).filter(|r| r.pid == pid)
+            && let Some(Err(err)) = outcome(
+                now.last_upgrade.as_ref(),
+                now.last_refusal.as_ref(),
+                upgrades_before,
+                refusals_before,
+            )
+        {
+            // Success shows as the pid file naming the new process, above.
+            return Some(Err(err));
         }
         // Gone while the pid file still names it: give a handover in progress its moment.
-        if !alive(pid, record.start_ticks) && pidfile::read(pid_file).ok()? == Some(pid) {
+        if !alive(pid, start_ticks) && pidfile::read(pid_file).ok()? == Some(pid) {
             let gone = *gone_since.get_or_insert_with(Instant::now);
             if gone.elapsed() > HANDOVER_GRACE {
                 return Some(Err(ControlError::Exited {
@@ -217,6 +269,71 @@ pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, C
         }
         None
     })
+}
+
+fn upgrade_supervised(
+    pid_file: &Path,
+    located: Located,
+    sup: SupervisorRecord,
+    timeout: Option<Duration>,
+) -> Result<Upgraded, ControlError> {
+    let upgrades_before = sup.last_upgrade.as_ref().map_or(0, |r| r.seq);
+    let refusals_before = sup.last_refusal.as_ref().map_or(0, |r| r.seq);
+    let timeout =
+        timeout.unwrap_or(Duration::from_millis(sup.ready_timeout_ms) + Duration::from_secs(10));
+    signal(located.pid, Signal::SIGUSR2)?;
+    let sup_path = supervisor_path(pid_file);
+    let state = state_path(pid_file);
+    wait_for(timeout, "the new worker to be ready", || {
+        if !alive(located.pid, located.start_ticks) {
+            return Some(Err(ControlError::Exited {
+                pid: located.pid,
+                what: "upgrading",
+            }));
+        }
+        let now = SupervisorRecord::read(&sup_path).filter(|s| s.pid == located.pid)?;
+        let new_pid = match outcome(
+            now.last_upgrade.as_ref(),
+            now.last_refusal.as_ref(),
+            upgrades_before,
+            refusals_before,
+        )? {
+            Ok(new_pid) => new_pid,
+            Err(err) => return Some(Err(err)),
+        };
+        // Ready was reported; its state file names it a moment later.
+        let new = ServerRecord::read(&state).filter(|r| Some(r.pid) == new_pid)?;
+        Some(Ok(Upgraded {
+            old_pid: located.record.pid,
+            new_pid: new.pid,
+            version: new.version,
+            supervisor: Some(located.pid),
+        }))
+    })
+}
+
+/// The outcome of the next upgrade after `upgrades_before`/`refusals_before`, if there is one
+/// yet: the new pid, the failure, or a refusal (not one saying another upgrade is in flight:
+/// that one's outcome is still to come).
+fn outcome(
+    upgrade: Option<&super::state::UpgradeRecord>,
+    refusal: Option<&super::state::RefusalRecord>,
+    upgrades_before: u64,
+    refusals_before: u64,
+) -> Option<Result<Option<u32>, ControlError>> {
+    if let Some(up) = upgrade.filter(|u| u.seq > upgrades_before) {
+        return Some(if up.ok {
+            Ok(up.new_pid)
+        } else {
+            Err(ControlError::UpgradeFailed(
+                up.error
+                    .clone()
+                    .unwrap_or_else(|| "no reason recorded".into()),
+            ))
+        });
+    }
+    let refusal = refusal.filter(|r| r.seq > refusals_before && !r.in_flight)?;
+    Some(Err(ControlError::UpgradeRefused(refusal.reason.clone())))
 }
 
 /// Runs `<program> --config-dir <dir> check` as the server would start it.
@@ -251,11 +368,16 @@ fn precheck(record: &ServerRecord) -> Result<(), ControlError> {
 
 /// SIGTERM, then waits until the process has exited.
 pub fn stop(pid_file: &Path, timeout: Option<Duration>) -> Result<u32, ControlError> {
-    let Located { pid, record } = locate(pid_file)?;
+    let Located {
+        pid,
+        start_ticks,
+        record,
+        ..
+    } = locate(pid_file)?;
     let timeout = timeout
         .unwrap_or(Duration::from_millis(record.shutdown_timeout_ms) + Duration::from_secs(10));
     signal(pid, Signal::SIGTERM)?;
     wait_for(timeout, "baton to exit", || {
-        (!alive(pid, record.start_ticks)).then_some(Ok(pid))
+        (!alive(pid, start_ticks)).then_some(Ok(pid))
     })
 }

@@ -36,6 +36,7 @@ mod record;
 mod serve;
 mod signals;
 mod state;
+mod supervisor;
 mod systemd;
 mod upgrade;
 
@@ -50,9 +51,10 @@ pub use control::{ControlError, Located, Upgraded, locate, reload, stop, upgrade
 pub use handover::{ExecImage, Startup};
 pub use listeners::ListenError;
 pub use pidfile::{PidFileError, ProcStat, proc_stat, state_path};
-pub use record::{ReloadSummary, ServerRecord};
+pub use record::{ReloadSummary, ServerRecord, SupervisorRecord};
 pub use signals::{Command, CommandSender, Commands};
 pub use state::{ListenerInfo, Phase, ProcessState, RefusalRecord, UpgradeRecord};
+pub use supervisor::SupervisorError;
 pub use upgrade::UpgradeError;
 
 use crate::settings::{ReloadOutcome, Settings, SettingsStore};
@@ -175,6 +177,30 @@ pub async fn run(
     Ok(exit)
 }
 
+/// Whether `baton serve` should run the supervisor: when asked (`--supervise`,
+/// `lifecycle.supervise`) or when running as PID 1, and never in a worker.
+pub fn should_supervise(startup: &Startup, flag: bool, settings: &Settings) -> bool {
+    supervisor::wanted_for(startup, flag, settings)
+}
+
+/// Runs the supervisor (see `supervisor`) until shutdown; returns the exit code.
+pub async fn supervise(
+    startup: &mut Startup,
+    config: crate::settings::ConfigSource,
+    settings: Settings,
+) -> Result<i32, SupervisorError> {
+    let result = supervisor::run(startup, config, settings).await;
+    if let Err(err) = &result {
+        startup.report_failure(&err.to_string());
+    }
+    result
+}
+
+/// The supervisor's state file that goes with a pid file: `run/baton.supervisor.json`.
+pub fn supervisor_path(pid_file: &std::path::Path) -> std::path::PathBuf {
+    pid_file.with_extension("supervisor.json")
+}
+
 fn wanted(settings: &Settings) -> Vec<Wanted> {
     let mut wanted = vec![Wanted {
         name: HTTP_LISTENER,
@@ -234,10 +260,7 @@ async fn serve_until_exit(ctx: &Context, commands: &mut Commands, server: &Serve
 }
 
 /// Starts an upgrade unless the process is busy with one, or its parent is still draining.
-fn begin_upgrade(
-    ctx: &Context,
-    server: &Server,
-) -> Option<JoinHandle<Result<u32, UpgradeError>>> {
+fn begin_upgrade(ctx: &Context, server: &Server) -> Option<JoinHandle<Result<u32, UpgradeError>>> {
     let refuse = |reason: String, in_flight: bool| {
         tracing::warn!(reason = %reason, "upgrade refused");
         ctx.process.record_refusal(reason, in_flight);
@@ -246,7 +269,9 @@ fn begin_upgrade(
     };
     if let Some(supervisor) = ctx.supervisor_pid {
         return refuse(
-            format!("this is a supervised worker; send SIGUSR2 to the supervisor (pid {supervisor})"),
+            format!(
+                "this is a supervised worker; send SIGUSR2 to the supervisor (pid {supervisor})"
+            ),
             false,
         );
     }
@@ -397,7 +422,8 @@ fn warn_upgrade_only(keys: &[&'static str]) {
 /// the state file: the pid file names the supervisor, the stable pid clients signal.
 fn claim_pid_file(ctx: &Context, pid_file: &std::path::Path) {
     if ctx.supervisor_pid.is_none()
-        && let Err(err) = pidfile::write(pid_file, ctx.process.pid()) {
+        && let Err(err) = pidfile::write(pid_file, ctx.process.pid())
+    {
         tracing::error!(path = %pid_file.display(), error = %err, "could not write the pid file; `baton reload|upgrade|stop` will not find this process");
     }
     publish(ctx);

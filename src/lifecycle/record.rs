@@ -62,3 +62,32 @@ impl ServerRecord {
             .map(|l| l.addr)
     }
 }
+
+/// What a supervisor tells the client commands (`run/baton.supervisor.json`). The pid file
+/// names the supervisor; the state file is written by its current worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorRecord {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub worker_pid: Option<u32>,
+    /// The current worker's generation.
+    pub generation: u64,
+    /// Workers restarted after dying unexpectedly.
+    pub restarts: u64,
+    pub last_upgrade: Option<UpgradeRecord>,
+    pub last_refusal: Option<RefusalRecord>,
+    pub ready_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+impl SupervisorRecord {
+    pub fn read(path: &Path) -> Option<SupervisorRecord> {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        super::pidfile::write_atomic(path, &json)
+    }
+}

@@ -11,12 +11,12 @@ use std::time::Duration;
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
 use std::process::Command;
+use tokio::io::AsyncReadExt;
 
 use super::handover::{
-    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, SUPERVISOR_PID, LISTEN_FDNAMES, LISTEN_FDS, PARENT_PID,
-    PROTOCOL_VARS, READY_FD, READY_MESSAGE,
+    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, PARENT_PID,
+    PROTOCOL_VARS, READY_FD, READY_MESSAGE, SUPERVISOR_PID,
 };
 
 /// Inherited fds start at 3, as in systemd's protocol.
@@ -116,7 +116,11 @@ pub(crate) async fn start_successor(
     ready_timeout: Duration,
     stop_grace: Duration,
 ) -> Result<u32, UpgradeError> {
-    let Spawned { pid, mut child, ready } = spawn_process(image, listeners, handover)?;
+    let Spawned {
+        pid,
+        mut child,
+        ready,
+    } = spawn_process(image, listeners, handover)?;
     match wait_ready(pid, ready, ready_timeout).await {
         Ok(()) => Ok(pid),
         Err(mut err) => {
@@ -307,7 +311,9 @@ async fn stop_and_reap(mut child: std::process::Child, pid: u32, grace: Duration
         }
     };
     match status {
-        Ok(status) => tracing::info!(pid, status = %describe(status), "failed next generation reaped"),
+        Ok(status) => {
+            tracing::info!(pid, status = %describe(status), "failed next generation reaped")
+        }
         Err(err) => tracing::warn!(pid, error = %err, "could not reap the failed next generation"),
     }
 }

@@ -1,7 +1,7 @@
 //! `/` (who is serving), `/healthz` (alive) and `/readyz` (should get traffic).
 
-use axum::extract::{OriginalUri, State};
-use axum::http::{Method, StatusCode};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
 
 use crate::app::error::AppError;
 use crate::app::extract::CurrentSettings;
@@ -42,6 +42,6 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, &'stat
 }
 
 /// Unknown routes get the same JSON error shape as the API.
-pub(crate) async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> AppError {
+pub(crate) async fn not_found(method: Method, uri: Uri) -> AppError {
     AppError::NotFound(format!("no route for {method} {}", uri.path()))
 }
