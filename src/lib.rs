@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`cli`]: the subcommands (`serve`, `check`, `reload`, `upgrade`, `stop`, `status`, `health`).
 //! - [`settings`]: typed, layered, validated settings and the live store that reloads them.
+//! - [`config_watch`]: reloads when a config file changes (`reload.watch`), e.g. a ConfigMap.
 //! - [`telemetry`]: tracing set-up with a log filter that reloads.
 //! - [`app`]: the HTTP application: routes, state, the error type, the admin endpoints.
 //! - [`lifecycle`]: signals, listeners, the upgrade handshake, the drain, the pid file, and the
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod config_watch;
 pub mod lifecycle;
 pub mod server;
 pub mod settings;

@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 
 use crate::app::{self, AppState};
+use crate::config_watch::{self, WatchError};
 use crate::lifecycle::{self, Commands, Exit, ProcessState, Routers, Startup};
 use crate::settings::{ConfigSource, Settings, SettingsError, SettingsStore};
 use crate::telemetry::{self, TelemetryError};
@@ -30,6 +31,8 @@ pub enum ServeError {
     Lifecycle(#[from] lifecycle::LifecycleError),
     #[error("supervisor: {0}")]
     Supervisor(#[from] lifecycle::SupervisorError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 /// Runs the server until it is shut down or replaced, or the supervisor when asked for
@@ -86,6 +89,16 @@ async fn run(
     let commands = Commands::install().map_err(ServeError::Signals)?;
     let store = Arc::new(SettingsStore::new(config, settings));
     let process = ProcessState::new(startup.generation(), crate::version());
+    let reload = store.current().reload.clone();
+    if reload.watch {
+        // Until the drain starts: a draining process ignores reloads; its successor watches.
+        config_watch::spawn(
+            store.source(),
+            reload.debounce,
+            commands.sender(),
+            process.drain_started(),
+        )?;
+    }
     let state = AppState::new(store.clone(), process.clone());
     let routers = Routers {
         http: app::router(state.clone()),

@@ -1063,6 +1063,12 @@ impl SettingsStore {
         Arc::clone(&self.in_force.load().settings)
     }
 
+    /// The settings in force and their config generation, from the same swap.
+    pub fn snapshot(&self) -> (Arc<Settings>, u64) {
+        let in_force = self.in_force.load();
+        (Arc::clone(&in_force.settings), in_force.generation)
+    }
+
     /// 1 at start, +1 at each applied reload.
     pub fn generation(&self) -> u64 {
         self.in_force.load().generation

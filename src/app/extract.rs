@@ -27,11 +27,11 @@ pub(crate) struct AppQuery<T>(pub(crate) T);
 #[from_request(via(axum::extract::Path), rejection(AppError))]
 pub(crate) struct AppPath<T>(pub(crate) T);
 
-/// The settings in force when this request arrived. The middleware loads the snapshot once
+/// The settings in force when this request arrived, with their config generation. The middleware loads the snapshot once
 /// and stores it in the request, so everything that serves one request (timeout, auth,
 /// handler) sees the same settings even if a reload lands half-way through.
 #[derive(Debug, Clone)]
-pub(crate) struct CurrentSettings(pub(crate) Arc<Settings>);
+pub(crate) struct CurrentSettings(pub(crate) Arc<Settings>, pub(crate) u64);
 
 impl CurrentSettings {
     fn of(parts: &Parts, state: &AppState) -> Self {
@@ -40,7 +40,10 @@ impl CurrentSettings {
             .get::<CurrentSettings>()
             .cloned()
             // Only on a router built without the middleware (e.g. a user's own test router).
-            .unwrap_or_else(|| CurrentSettings(state.settings().current()))
+            .unwrap_or_else(|| {
+                let (settings, generation) = state.settings().snapshot();
+                CurrentSettings(settings, generation)
+            })
     }
 }
 

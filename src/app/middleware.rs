@@ -19,9 +19,11 @@ pub(crate) async fn apply_settings(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let settings = state.settings().current();
+    let (settings, generation) = state.settings().snapshot();
     let timeout = settings.server.request_timeout;
-    request.extensions_mut().insert(CurrentSettings(settings));
+    request
+        .extensions_mut()
+        .insert(CurrentSettings(settings, generation));
 
     // On timeout the handler's future is dropped, which cancels whatever it was awaiting.
     let response = match tokio::time::timeout(timeout, next.run(request)).await {

@@ -113,7 +113,7 @@ pub(crate) async fn show(
 /// unauthorised request is refused without reading it.
 pub(crate) async fn create(
     State(state): State<AppState>,
-    CurrentSettings(settings): CurrentSettings,
+    CurrentSettings(settings, _): CurrentSettings,
     _auth: Authorized,
     AppJson(new): AppJson<NewItem>,
 ) -> Result<Response, AppError> {

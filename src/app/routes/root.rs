@@ -12,7 +12,7 @@ use crate::lifecycle::Phase;
 /// generation answered, so an upgrade is visible from `curl`.
 pub(crate) async fn greet(
     State(state): State<AppState>,
-    CurrentSettings(settings): CurrentSettings,
+    CurrentSettings(settings, _): CurrentSettings,
 ) -> String {
     let process = state.process();
     format!(

@@ -1,11 +1,9 @@
 //! `GET /api/settings`: the application settings in force, read from one snapshot.
 
 use axum::Json;
-use axum::extract::State;
 use serde::Serialize;
 
 use crate::app::extract::CurrentSettings;
-use crate::app::state::AppState;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct SettingsView {
@@ -14,15 +12,14 @@ pub(crate) struct SettingsView {
     config_generation: u64,
 }
 
-/// `greeting` and `items_limit` come from the request's one snapshot, so two keys changed by
+/// All three fields come from the request's one snapshot, so two keys changed by
 /// one reload are always seen together, never one old and one new.
 pub(crate) async fn show(
-    State(state): State<AppState>,
-    CurrentSettings(settings): CurrentSettings,
+    CurrentSettings(settings, config_generation): CurrentSettings,
 ) -> Json<SettingsView> {
     Json(SettingsView {
         greeting: settings.app.greeting.clone(),
         items_limit: settings.app.items_limit,
-        config_generation: state.settings().generation(),
+        config_generation,
     })
 }
