@@ -21,8 +21,13 @@
 //! rewritten without pause cannot hold reloads off forever: the reload comes at the latest
 //! ten debounce windows after the first event.
 //!
+//! # Lifetime
 //! The watcher lives until the process starts to drain: a draining process ignores reloads,
-//! and its successor runs its own watcher.
+//! and its successor runs its own watcher (under the supervisor, the serving worker watches).
+//! A watch that cannot be set up (inotify limits) stops the process from starting, as an
+//! invalid setting would: silently not watching would leave ConfigMap updates unapplied, and
+//! during an upgrade the old process simply keeps serving. Only the directory's entries are
+//! watched: if the directory itself is moved or deleted, that is logged and watching ends.
 
 use std::ffi::OsString;
 use std::future::Future;
