@@ -3,7 +3,9 @@
 #
 #   scripts/restart.sh              start, or upgrade to the binary at $BATON_BIN
 #   scripts/restart.sh PATH         first install the binary at PATH as $BATON_BIN (the one it
-#                                   replaces is kept as $BATON_BIN.prev), then start or upgrade
+#                                   replaces is kept as $BATON_BIN.prev once the new one serves;
+#                                   if it does not, the replaced one is put back), then start or
+#                                   upgrade
 #   scripts/restart.sh --rollback   swap $BATON_BIN.prev back in (a second --rollback goes forward
 #                                   again), then start or upgrade
 #
@@ -18,6 +20,7 @@
 #   BATON_BIN             the baton binary (default: target/release/baton, relative to BATON_ROOT)
 #   BATON_LOG             where a started baton logs (default: log/baton.log, relative to BATON_ROOT)
 #   BATON_START_TIMEOUT   seconds to wait for a started baton to report running (default: 30)
+#   BATON_STATUS_TIMEOUT  seconds `baton status` may take before it counts as broken (default: 15)
 #   BATON_CONFIG_DIR, BATON_ENV, BATON_LIFECYCLE__PID_FILE, ...: read by baton itself
 set -euo pipefail
 
@@ -72,8 +75,11 @@ BATON_BIN="${BATON_BIN:-target/release/baton}"
 [[ "$BATON_BIN" == */* ]] || BATON_BIN="./$BATON_BIN"
 BATON_LOG="${BATON_LOG:-log/baton.log}"
 BATON_START_TIMEOUT="${BATON_START_TIMEOUT:-30}"
+BATON_STATUS_TIMEOUT="${BATON_STATUS_TIMEOUT:-15}"
 [[ "$BATON_START_TIMEOUT" =~ ^[1-9][0-9]*$ ]] ||
     die "BATON_START_TIMEOUT must be a whole number of seconds, got '$BATON_START_TIMEOUT'"
+[[ "$BATON_STATUS_TIMEOUT" =~ ^[1-9][0-9]*$ ]] ||
+    die "BATON_STATUS_TIMEOUT must be a whole number of seconds, got '$BATON_STATUS_TIMEOUT'"
 
 bin_dir="$(dirname "$BATON_BIN")"
 prev_bin="$BATON_BIN.prev"
@@ -82,6 +88,7 @@ prev_bin="$BATON_BIN.prev"
 # (atomic: anyone starting $BATON_BIN gets the old file or the new one, never half of one).
 # Whatever is still listed here when the script exits was not renamed into place: remove it.
 temp_files=()
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     if ((${#temp_files[@]})); then
         rm -f -- "${temp_files[@]}"
@@ -100,6 +107,10 @@ copy_beside_bin() {
     cp -p -- "$1" "$copied"
 }
 
+# The binary an install displaced, kept beside $BATON_BIN until the outcome is known: it becomes
+# .prev when the new one serves, and goes back into place when it does not.
+displaced=
+
 install_binary() {
     local src="$1" staged
     [[ -f "$src" && -x "$src" ]] || die "$src is not an executable file"
@@ -113,11 +124,27 @@ install_binary() {
     chmod 0755 -- "$staged"
     if [[ -e "$BATON_BIN" ]]; then
         copy_beside_bin "$BATON_BIN"
-        mv -f -- "$copied" "$prev_bin"
-        say "kept the current binary as $prev_bin"
+        displaced="$copied"
     fi
     mv -f -- "$staged" "$BATON_BIN"
     say "installed $src as $BATON_BIN"
+}
+
+# The new binary serves: what it replaced becomes .prev (for --rollback).
+keep_displaced() {
+    if [[ -n "$displaced" ]]; then
+        mv -f -- "$displaced" "$prev_bin"
+        say "kept the previous binary as $prev_bin"
+    fi
+}
+
+# The new binary does not serve: put back the one that does, so that a failed upgrade changes
+# nothing, on disk either (and .prev still holds the last good build before it).
+restore_displaced() {
+    if [[ -n "$displaced" ]]; then
+        mv -f -- "$displaced" "$BATON_BIN"
+        say "put the previous binary back at $BATON_BIN"
+    fi
 }
 
 # Swaps $BATON_BIN and $BATON_BIN.prev. $BATON_BIN exists and is whole at every instant; .prev is
@@ -166,7 +193,7 @@ start_baton() {
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "baton failed to start; last lines of $BATON_LOG:" >&2
             tail -n 20 -- "$BATON_LOG" >&2
-            exit 1
+            return 1
         fi
         sleep 0.1
     done
@@ -177,10 +204,25 @@ start_baton() {
     echo "baton did not report running within ${BATON_START_TIMEOUT}s (stopped pid $pid);" \
         "last status: ${status_out:-none}; last lines of $BATON_LOG:" >&2
     tail -n 20 -- "$BATON_LOG" >&2
-    exit 1
+    return 1
+}
+
+# Asks a binary whether baton runs, boundedly: a broken build must not hang this script.
+query_status() {
+    status_rc=0
+    status_out="$(timeout "$BATON_STATUS_TIMEOUT" "$1" status 2>&1)" || status_rc=$?
 }
 
 # --- Main ---
+
+# Whether baton runs is asked of the binary in place now, before a new build is installed over
+# it: that one is known to work (it is the one serving, unless a build just replaced it).
+status_rc=3
+status_out=
+if [[ -f "$BATON_BIN" && -x "$BATON_BIN" ]]; then
+    query_status "$BATON_BIN"
+fi
+
 case "$mode" in
     install) install_binary "$new_bin" ;;
     rollback) rollback_binary ;;
@@ -190,24 +232,52 @@ esac
     die "$BATON_BIN is not an executable file (in $PWD);" \
         "build it with \`cargo build --release\`, pass a PATH to install, or set BATON_BIN"
 
-status_rc=0
-status_out="$("$BATON_BIN" status 2>&1)" || status_rc=$?
+# Undoes the install or rollback of this run after a failure.
+undo() {
+    case "$mode" in
+        install) restore_displaced ;;
+        rollback) rollback_binary ;;
+    esac
+}
+
+# The client that drives the upgrade: the binary being replaced when there is one, since it is
+# known to work; the new build only has to pass the `check` that `baton upgrade` runs on it.
+client="$BATON_BIN"
+case "$mode" in
+    install) client="${displaced:-$BATON_BIN}" ;;
+    rollback) client="$prev_bin" ;;
+esac
+
+outcome=0
 case "$status_rc" in
     0)
         # Running: hand over to a new process started from $BATON_BIN. Not exec'd, so this
-        # script, not baton, owns the exit code (the same one) and the EXIT trap still runs.
-        upgrade_rc=0
-        "$BATON_BIN" upgrade || upgrade_rc=$?
-        exit "$upgrade_rc"
+        # script owns the exit code (the same one) and can undo the install on failure.
+        "$client" upgrade || outcome=$?
         ;;
     3)
-        start_baton
+        start_baton || outcome=$?
         ;;
     1)
         say "stale pid file (${status_out:-no detail}); starting a new baton"
-        start_baton
+        start_baton || outcome=$?
+        ;;
+    124)
+        undo
+        die "\`$BATON_BIN status\` did not answer within ${BATON_STATUS_TIMEOUT}s"
         ;;
     *)
+        undo
         die "\`$BATON_BIN status\` failed with exit code $status_rc: ${status_out:-no output}"
         ;;
 esac
+
+if ((outcome == 0)); then
+    if [[ "$mode" == install ]]; then
+        keep_displaced
+    fi
+    exit 0
+fi
+undo
+echo "$prog: failed (exit code $outcome); a running baton is unchanged" >&2
+exit "$outcome"

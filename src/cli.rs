@@ -89,8 +89,9 @@ pub fn run(cli: Cli, startup: Startup) -> ExitCode {
                     _ => format!("unchanged (config generation {})", r.config_generation),
                 };
                 if !r.upgrade_only.is_empty() {
+                    let verb = if r.upgrade_only.len() == 1 { "takes" } else { "take" };
                     line.push_str(&format!(
-                        "\nnote: {} take effect at the next upgrade, not at a reload",
+                        "\nnote: {} {verb} effect at the next upgrade, not at a reload",
                         r.upgrade_only.join(", ")
                     ));
                 }

@@ -1,4 +1,5 @@
-//! The admin endpoints: `GET /-/status` (JSON, for people and `baton status`) and
+//! The admin endpoints: `GET /-/status` (JSON, for people and monitoring; `baton status` reads the
+//! state file instead, so it works with the admin listener off) and
 //! `GET /metrics` (Prometheus text format 0.0.4).
 
 use std::fmt::Write as _;

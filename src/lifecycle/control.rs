@@ -17,6 +17,8 @@ use super::supervisor_path;
 const POLL: Duration = Duration::from_millis(20);
 /// During a handover the pid file names the new process a moment before its state file does.
 const HANDOVER_GRACE: Duration = Duration::from_secs(2);
+/// `baton check` reads a few small files; far longer means the new build is broken.
+const PRECHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -336,14 +338,19 @@ fn outcome(
     Some(Err(ControlError::UpgradeRefused(refusal.reason.clone())))
 }
 
-/// Runs `<program> --config-dir <dir> check` as the server would start it.
+/// Runs `<program> --config-dir <dir> check` as the server would start it. Bounded: a new
+/// build that hangs is a failed check, not a hung client.
 fn precheck(record: &ServerRecord) -> Result<(), ControlError> {
-    let output = Command::new(&record.program)
+    let program = record.program.display();
+    let mut child = Command::new(&record.program)
         .arg("--config-dir")
         .arg(&record.config_dir)
         .arg("check")
         .current_dir(&record.cwd)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| {
             let what = match e.kind() {
                 std::io::ErrorKind::NotFound => "it does not exist; install the new build there",
@@ -351,19 +358,50 @@ fn precheck(record: &ServerRecord) -> Result<(), ControlError> {
                 _ => "it could not be started",
             };
             ControlError::UpgradeFailed(format!(
-                "cannot run {}: {what} ({e}); nothing was changed",
-                record.program.display()
+                "cannot run {program}: {what} ({e}); nothing was changed"
             ))
         })?;
-    if output.status.success() {
+    let status = wait_for(
+        PRECHECK_TIMEOUT,
+        "`check` of the new binary",
+        || match child.try_wait() {
+            Ok(Some(status)) => Some(Ok(status)),
+            Ok(None) => None,
+            Err(e) => Some(Err(ControlError::UpgradeFailed(format!(
+                "cannot wait for `{program} check`: {e}"
+            )))),
+        },
+    );
+    let status = match status {
+        Ok(status) => status,
+        Err(ControlError::Timeout { .. }) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ControlError::UpgradeFailed(format!(
+                "`{program} check` did not finish within {PRECHECK_TIMEOUT:?}; the new build \
+                 looks broken, nothing was changed"
+            )));
+        }
+        Err(err) => return Err(err),
+    };
+    if status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(ControlError::UpgradeFailed(format!(
-        "{} rejects the configuration, nothing was changed: {}",
-        record.program.display(),
-        stderr.trim()
-    )))
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let stderr = stderr.trim();
+    Err(ControlError::UpgradeFailed(if stderr.is_empty() {
+        format!(
+            "`{program} check` failed ({}) without a message; the new build looks broken, \
+             nothing was changed",
+            super::upgrade::describe(status)
+        )
+    } else {
+        format!("{program} rejects the configuration, nothing was changed: {stderr}")
+    }))
 }
 
 /// SIGTERM, then waits until the process has exited.

@@ -9,10 +9,11 @@
 //!    directory and environment, plus the listening sockets as `LISTEN_FDS` (fds from 3) and
 //!    `LISTEN_FDNAMES`, no `LISTEN_PID`, the write end of a readiness pipe and the next
 //!    generation number. No other fd crosses.
-//! 3. The child adopts the sockets (by name, else by address), binds only what it did not
-//!    inherit, closes what its configuration no longer lists, loads and validates its
-//!    configuration, builds its state, runs a self-check, starts accepting, and only then
-//!    writes `ready <pid>` on the pipe, writes the pid file and tells systemd `MAINPID`/`READY`.
+//! 3. The child loads and validates its configuration, adopts the sockets (by name, else by
+//!    address), binds only what it did not inherit, closes what its configuration no longer
+//!    lists, builds its state, runs a self-check, starts accepting, writes the pid file, tells
+//!    systemd `MAINPID`/`READY`, and only then writes `ready <pid>` on the pipe (so that the
+//!    pid file and systemd name a live server the moment the parent may exit).
 //! 4. The parent waits for that line with a deadline (`upgrade.ready_timeout`). End of file,
 //!    an error line, or the deadline: the child is stopped and reaped, the parent keeps
 //!    serving, the failure is recorded, and the next upgrade can start at once.
@@ -360,6 +361,7 @@ async fn drain_until_done(
                 Some(Command::Shutdown) | None => {
                     tracing::warn!(open_connections = ctx.process.open_connections(), "second shutdown signal: exiting now");
                     pidfile::remove_if_ours(pid_file, ctx.process.pid());
+                    remove_state_if_ours(pid_file, ctx.process.pid());
                     std::process::exit(1);
                 }
                 Some(Command::Upgrade) => {

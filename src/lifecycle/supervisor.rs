@@ -84,8 +84,9 @@ struct Pending {
     worker: Worker,
     purpose: Purpose,
     ready: ReadyFuture,
-    /// Set once reaped: it must be neither signalled (its pid may be reused) nor waited for.
-    exited: Option<i32>,
+    /// Set once reaped (how it ended): it must be neither signalled, its pid may be reused,
+    /// nor waited for.
+    exited: Option<String>,
 }
 
 struct Supervisor {
@@ -294,9 +295,9 @@ impl Supervisor {
             Err(mut err) => {
                 let pid = pending.worker.pid;
                 match pending.exited {
-                    Some(code) => {
+                    Some(how) => {
                         if let UpgradeError::Exited { status, .. } = &mut err {
-                            *status = format!("exit status {code}");
+                            *status = how;
                         }
                     }
                     None => {
@@ -401,9 +402,12 @@ impl Supervisor {
     /// Reaps every exited child, ours or orphaned onto us.
     fn reap(&mut self) -> Result<(), SupervisorError> {
         loop {
-            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
+            let (pid, status, how) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code, format!("exit status {code}")),
+                // The shell's convention for the supervisor's own exit code.
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, 128 + signal as i32, format!("killed by {signal}"))
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
                 Ok(_) => continue,
             };
@@ -412,7 +416,7 @@ impl Supervisor {
                 let worker = self.current.take().expect("checked");
                 self.last_status = status;
                 if !self.stopping {
-                    tracing::error!(pid, status, "worker died unexpectedly");
+                    tracing::error!(pid, status = %how, "worker died unexpectedly");
                     if worker.started.elapsed() >= STABLE_AFTER {
                         self.quick_deaths = 0;
                         self.backoff = FIRST_BACKOFF;
@@ -430,8 +434,8 @@ impl Supervisor {
                 tracing::info!(pid, status, "failed worker reaped");
             } else if let Some(pending) = self.pending.as_mut().filter(|p| p.worker.pid == pid) {
                 // Its readiness pipe reports the end; `settle` sees it was reaped.
-                pending.exited = Some(status);
-                tracing::warn!(pid, status, "starting worker exited");
+                tracing::warn!(pid, status = %how, "starting worker exited");
+                pending.exited = Some(how);
             } else {
                 tracing::debug!(pid, status, "reaped an orphan");
             }

@@ -44,8 +44,8 @@ pub enum UpgradeError {
     #[error("the new process (pid {pid}) failed before it was ready: {reason}")]
     Reported { pid: u32, reason: String },
     #[error(
-        "the new process (pid {pid}) exited before it was ready ({status}); its log lines \
-         above say why"
+        "the new process (pid {pid}) exited before it was ready ({status}); the server's log \
+         says why"
     )]
     Exited { pid: u32, status: String },
     #[error(
