@@ -112,7 +112,12 @@ pub fn run(cli: Cli, startup: Startup) -> ExitCode {
             report(lifecycle::stop(&pid_file(&source), timeout).map(|pid| format!("stopped {pid}")))
         }
         Cmd::Status => report(lifecycle::locate(&pid_file(&source)).map(|l| {
-            let r = &l.record;
+            let Some(r) = &l.record else {
+                return format!(
+                    "running: pid {}, supervised, no worker serving right now (starting or restarting one)",
+                    l.pid
+                );
+            };
             let listeners: Vec<String> = r
                 .listeners
                 .iter()

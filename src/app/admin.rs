@@ -153,7 +153,7 @@ fn render_metrics(state: &AppState) -> String {
     out.family(
         "baton_open_connections",
         "gauge",
-        "Connections open on the public listener.",
+        "Connections open on the public and admin listeners.",
     );
     out.sample("baton_open_connections", &[], process.open_connections());
     out.family(

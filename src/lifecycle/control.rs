@@ -46,6 +46,11 @@ pub enum ControlError {
     Timeout { what: &'static str, after: Duration },
     #[error("baton (pid {pid}) exited while {what}")]
     Exited { pid: u32, what: &'static str },
+    #[error(
+        "the supervisor (pid {pid}) has no worker serving right now (it is starting or \
+         restarting one); try again in a moment, and see its log if this lasts"
+    )]
+    NoWorker { pid: u32 },
     #[error("reload rejected: {0}")]
     ReloadRejected(String),
     #[error("upgrade failed: {0}")]
@@ -71,8 +76,9 @@ pub struct Located {
     pub pid: u32,
     /// Its start time (see `ProcStat`), to tell it from a later process with the same pid.
     pub start_ticks: u64,
-    /// The serving process's state (in supervised mode, the current worker's).
-    pub record: ServerRecord,
+    /// The serving process's state (in supervised mode, the current worker's; `None` while the
+    /// supervisor is starting or restarting one).
+    pub record: Option<ServerRecord>,
     /// Set in supervised mode.
     pub supervisor: Option<SupervisorRecord>,
 }
@@ -109,18 +115,26 @@ pub fn locate(pid_file: &Path) -> Result<Located, ControlError> {
                 return Ok(Located {
                     pid,
                     start_ticks: stat.start_ticks,
-                    record,
+                    record: Some(record),
                     supervisor: Some(sup),
                 });
             }
             // A worker is starting or being replaced: its state file follows shortly.
             (Some(_), _) if retry => std::thread::sleep(POLL),
-            (Some(_), _) => return Err(stale("its supervisor has no worker serving")),
+            // A live, verified supervisor that is (re)starting its worker: still baton.
+            (Some(sup), _) => {
+                return Ok(Located {
+                    pid,
+                    start_ticks: stat.start_ticks,
+                    record: None,
+                    supervisor: Some(sup),
+                });
+            }
             (None, Some(record)) if record.pid == pid && record.start_ticks == stat.start_ticks => {
                 return Ok(Located {
                     pid,
                     start_ticks: stat.start_ticks,
-                    record,
+                    record: Some(record),
                     supervisor: None,
                 });
             }
@@ -176,6 +190,7 @@ pub fn reload(pid_file: &Path, timeout: Duration) -> Result<ReloadSummary, Contr
         record,
         ..
     } = locate(pid_file)?;
+    let record = record.ok_or(ControlError::NoWorker { pid })?;
     let before = record.last_reload.as_ref().map_or(0, |r| r.seq);
     // In supervised mode the supervisor forwards the signal to this worker.
     let server = record.pid;
@@ -212,21 +227,29 @@ pub struct Upgraded {
 /// SIGUSR2, then waits until the next generation serves or the server says why not.
 pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, ControlError> {
     let located = locate(pid_file)?;
-    precheck(&located.record)?;
+    let record = located
+        .record
+        .clone()
+        .ok_or(ControlError::NoWorker { pid: located.pid })?;
+    precheck(&record)?;
     match located.supervisor.clone() {
-        Some(sup) => upgrade_supervised(pid_file, located, sup, timeout),
-        None => upgrade_direct(pid_file, located, timeout),
+        Some(sup) => upgrade_supervised(
+            pid_file,
+            located.pid,
+            located.start_ticks,
+            record,
+            sup,
+            timeout,
+        ),
+        None => upgrade_direct(pid_file, located.pid, located.start_ticks, record, timeout),
     }
 }
 
 fn upgrade_direct(
     pid_file: &Path,
-    Located {
-        pid,
-        start_ticks,
-        record,
-        ..
-    }: Located,
+    pid: u32,
+    start_ticks: u64,
+    record: ServerRecord,
     timeout: Option<Duration>,
 ) -> Result<Upgraded, ControlError> {
     let upgrades_before = record.last_upgrade.as_ref().map_or(0, |r| r.seq);
@@ -244,7 +267,7 @@ fn upgrade_direct(
             return Some(Ok(Upgraded {
                 old_pid: pid,
                 new_pid: new.pid,
-                version: new.record.version,
+                version: new.record.map(|r| r.version).unwrap_or_default(),
                 supervisor: None,
             }));
         }
@@ -275,7 +298,9 @@ fn upgrade_direct(
 
 fn upgrade_supervised(
     pid_file: &Path,
-    located: Located,
+    pid: u32,
+    start_ticks: u64,
+    record: ServerRecord,
     sup: SupervisorRecord,
     timeout: Option<Duration>,
 ) -> Result<Upgraded, ControlError> {
@@ -283,17 +308,17 @@ fn upgrade_supervised(
     let refusals_before = sup.last_refusal.as_ref().map_or(0, |r| r.seq);
     let timeout =
         timeout.unwrap_or(Duration::from_millis(sup.ready_timeout_ms) + Duration::from_secs(10));
-    signal(located.pid, Signal::SIGUSR2)?;
+    signal(pid, Signal::SIGUSR2)?;
     let sup_path = supervisor_path(pid_file);
     let state = state_path(pid_file);
     wait_for(timeout, "the new worker to be ready", || {
-        if !alive(located.pid, located.start_ticks) {
+        if !alive(pid, start_ticks) {
             return Some(Err(ControlError::Exited {
-                pid: located.pid,
+                pid,
                 what: "upgrading",
             }));
         }
-        let now = SupervisorRecord::read(&sup_path).filter(|s| s.pid == located.pid)?;
+        let now = SupervisorRecord::read(&sup_path).filter(|s| s.pid == pid)?;
         let new_pid = match outcome(
             now.last_upgrade.as_ref(),
             now.last_refusal.as_ref(),
@@ -306,10 +331,10 @@ fn upgrade_supervised(
         // Ready was reported; its state file names it a moment later.
         let new = ServerRecord::read(&state).filter(|r| Some(r.pid) == new_pid)?;
         Some(Ok(Upgraded {
-            old_pid: located.record.pid,
+            old_pid: record.pid,
             new_pid: new.pid,
             version: new.version,
-            supervisor: Some(located.pid),
+            supervisor: Some(pid),
         }))
     })
 }
@@ -410,10 +435,13 @@ pub fn stop(pid_file: &Path, timeout: Option<Duration>) -> Result<u32, ControlEr
         pid,
         start_ticks,
         record,
-        ..
+        supervisor,
     } = locate(pid_file)?;
-    let timeout = timeout
-        .unwrap_or(Duration::from_millis(record.shutdown_timeout_ms) + Duration::from_secs(10));
+    let drain_ms = supervisor
+        .map(|s| s.shutdown_timeout_ms)
+        .or(record.map(|r| r.shutdown_timeout_ms))
+        .unwrap_or(0);
+    let timeout = timeout.unwrap_or(Duration::from_millis(drain_ms) + Duration::from_secs(10));
     signal(pid, Signal::SIGTERM)?;
     wait_for(timeout, "baton to exit", || {
         (!alive(pid, start_ticks)).then_some(Ok(pid))

@@ -150,6 +150,8 @@ enum Protocol {
 async fn serve_connection(stream: TcpStream, router: Router, ctx: Context) {
     let _open = ctx.process.connection_opened();
     let protocol = tokio::select! {
+        // Bytes already received win over the graceful step: they are a request to answer.
+        biased;
         sniffed = tokio::time::timeout(FIRST_BYTE_TIMEOUT, sniff(&stream)) => match sniffed {
             Ok(Ok(protocol)) => protocol,
             // Closed, failed or silent before its first byte: there is no request to lose.
@@ -210,6 +212,9 @@ where
 {
     let mut conn = pin!(conn);
     tokio::select! {
+        // The connection first: a request whose bytes have arrived is read (and so finished,
+        // not dropped) before a graceful shutdown that is ready at the same moment.
+        biased;
         result = conn.as_mut() => result,
         () = signal => {
             shutdown(conn.as_mut());

@@ -182,6 +182,7 @@ pub(crate) async fn run(
                 sup.restart_at = None;
                 if !sup.stopping && sup.current.is_none() && sup.pending.is_none() {
                     sup.restarts += 1;
+                    sup.publish();
                     if let Err(err) = sup.start_worker(Purpose::Restart) {
                         tracing::error!(error = %err, "could not restart the worker");
                         sup.worker_died_quickly()?;
@@ -266,6 +267,14 @@ impl Supervisor {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
+        // Reaped before its ready line was read: it said ready, then died. Not a worker.
+        let ready = match (ready, &pending.exited) {
+            (Ok(()), Some(how)) => Err(UpgradeError::Exited {
+                pid: pending.worker.pid,
+                status: format!("{how}, right after it said ready"),
+            }),
+            (ready, _) => ready,
+        };
         match ready {
             Ok(()) => {
                 tracing::info!(
@@ -294,6 +303,8 @@ impl Supervisor {
             }
             Err(mut err) => {
                 let pid = pending.worker.pid;
+                // A worker that never served does not use up a generation number.
+                self.next_generation = pending.worker.generation;
                 match pending.exited {
                     Some(how) => {
                         if let UpgradeError::Exited { status, .. } = &mut err {
@@ -372,7 +383,7 @@ impl Supervisor {
             .current
             .iter()
             .map(|w| w.pid)
-            .chain(self.pending.as_ref().map(|p| p.worker.pid))
+            .chain(self.live_pending())
             .chain(self.draining.iter().copied());
         for pid in pids {
             upgrade::terminate(pid);
@@ -384,12 +395,20 @@ impl Supervisor {
             .current
             .iter()
             .map(|w| w.pid)
-            .chain(self.pending.as_ref().map(|p| p.worker.pid))
+            .chain(self.live_pending())
             .chain(self.draining.iter().copied())
             .chain(self.dying.iter().map(|(pid, _)| *pid));
         for pid in pids {
             upgrade::send(pid, Signal::SIGKILL);
         }
+    }
+
+    /// The starting worker's pid, unless it was already reaped (its pid may be reused).
+    fn live_pending(&self) -> Option<u32> {
+        self.pending
+            .as_ref()
+            .filter(|p| p.exited.is_none())
+            .map(|p| p.worker.pid)
     }
 
     fn children_left(&self) -> usize {
