@@ -956,9 +956,9 @@ fn a_second_sigterm_exits_at_once() {
     eprintln!("second SIGTERM: supervisor gone {took:?} after the slow request began");
 }
 
-/// Known bug (reported, not fixed here): when the supervisor handles a worker's exit before
-/// its "ready" line (both pending at once), `settle` still makes the dead worker current; the
-/// old worker is drained and nothing is restarted, so connections wait in the queue forever.
+/// Regression: when the supervisor handles a worker's exit before its "ready" line (both
+/// pending at once), the dead worker must not become current (it once did: the old worker was
+/// drained, nothing was restarted, and connections waited in the queue forever).
 /// The race is arranged by stopping the supervisor while the worker says ready and exits;
 /// which of the two it then handles first is random (`select!`), hence three rounds.
 #[test]
@@ -1006,9 +1006,9 @@ fn a_worker_that_exits_right_after_saying_ready_is_not_kept_as_current() {
     }
 }
 
-/// Known bug (reported, not fixed here): while a worker restarts (no worker serving for more
-/// than two seconds: back-off, slow start), `baton stop` and `baton status` call the pid file
-/// stale and tell the user to remove it, and the supervisor cannot be stopped with `baton stop`.
+/// Regression: while a worker restarts (no worker serving for more than two seconds: back-off,
+/// slow start), `baton stop` and `baton status` must still find the supervisor (they once
+/// called the pid file stale and told the user to remove it).
 #[test]
 fn baton_stop_works_while_no_worker_serves() {
     let sup = Supervised::start("hello");
