@@ -259,7 +259,13 @@ case "$status_rc" in
         start_baton || outcome=$?
         ;;
     1)
-        say "stale pid file (${status_out:-no detail}); starting a new baton"
+        # Exit 1 is also what a broken build answers to anything: only the client's own words
+        # make it a stale pid file.
+        if [[ "$status_out" != *"stale pid file"* ]]; then
+            undo
+            die "\`$BATON_BIN status\` failed: ${status_out:-no output}"
+        fi
+        say "stale pid file (${status_out}); starting a new baton"
         start_baton || outcome=$?
         ;;
     124)

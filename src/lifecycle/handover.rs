@@ -93,10 +93,12 @@ impl Startup {
             }
         }
         let generation = env_number(GENERATION).unwrap_or(1).max(1);
+        let ready_pipe = ReadyPipe::from_env();
+        close_strays_on_exec();
         Startup {
             sockets,
             from_systemd,
-            ready_pipe: ReadyPipe::from_env(),
+            ready_pipe,
             generation,
             parent_pid: env_number(PARENT_PID).and_then(|p| u32::try_from(p).ok()),
             supervisor_pid: env_number(SUPERVISOR_PID).and_then(|p| u32::try_from(p).ok()),
@@ -135,6 +137,26 @@ impl Startup {
             // The parent sees end-of-file if this write fails, which it reports too.
             let _ = pipe.send(&format!("{ERROR_MESSAGE} {reason}"));
         }
+    }
+}
+
+/// Marks every fd above stdio close-on-exec. Whatever our own parent leaked to us (a shell's
+/// pipe, a supervisor's log fd) must not cross into the next generation, and from there into
+/// every later one: only the sockets and the readiness pipe are handed over, explicitly.
+fn close_strays_on_exec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: the fd was listed open a moment ago and no other thread exists yet to close
+        // it; F_SETFD only changes its close-on-exec flag (on the directory fd of the listing,
+        // already closed, it fails harmlessly).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
 }
 
