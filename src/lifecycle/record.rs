@@ -43,15 +43,25 @@ pub struct ServerRecord {
     pub shutdown_timeout_ms: u64,
 }
 
+/// A record from its file; `None` when missing or unreadable (mid-handover, or not ours).
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Writes a record atomically: readers see the old file or the new one.
+fn write_json<T: Serialize>(record: &T, path: &Path) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    super::pidfile::write_atomic(path, &json)
+}
+
 impl ServerRecord {
     pub fn read(path: &Path) -> Option<ServerRecord> {
-        let text = std::fs::read_to_string(path).ok()?;
-        serde_json::from_str(&text).ok()
+        read_json(path)
     }
 
     pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        super::pidfile::write_atomic(path, &json)
+        write_json(self, path)
     }
 
     /// The listener with this name (`http`, `admin`).
@@ -82,12 +92,10 @@ pub struct SupervisorRecord {
 
 impl SupervisorRecord {
     pub fn read(path: &Path) -> Option<SupervisorRecord> {
-        let text = std::fs::read_to_string(path).ok()?;
-        serde_json::from_str(&text).ok()
+        read_json(path)
     }
 
     pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        super::pidfile::write_atomic(path, &json)
+        write_json(self, path)
     }
 }
