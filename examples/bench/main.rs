@@ -111,8 +111,15 @@ fn report(options: &Options, figures: &RunFigures) -> ExitCode {
         }
     }
     for mode in &figures.modes {
-        for failure in &mode.first_failures {
+        for failure in mode.first_failures.iter().take(5) {
             eprintln!("bench: {}: failed request {failure}", mode.mode);
+        }
+        if mode.all_failed() > 5 {
+            eprintln!(
+                "bench: {}: ... {} failed requests in all, by kind in the table",
+                mode.mode,
+                mode.all_failed()
+            );
         }
     }
     if figures.passed() {
@@ -147,17 +154,59 @@ fn run(options: &Options) -> Result<RunFigures, BenchError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    // Declared before the processes, so it is removed after they are stopped.
     let workdir = tempfile::Builder::new().prefix("baton-bench-").tempdir()?;
     let dir = workdir.path().canonicalize()?;
+    // Every process is stopped when `measure` returns, before the directory may be removed.
+    let outcome =
+        measure(options, &runtime, &dir, &baton_program, &bare_program).map(|mut figures| {
+            figures.machine = machine;
+            figures.wall_seconds = wall.elapsed().as_secs_f64();
+            figures
+        });
+    let passed = matches!(&outcome, Ok(figures) if figures.passed());
+    if options.keep || !passed {
+        // Keep the server's log for whoever reads the failure.
+        let kept = workdir.keep();
+        eprintln!("bench: kept {} (baton.log is there)", kept.display());
+        if !passed {
+            print_log_tail(&kept.join("baton.log"), 30);
+        }
+    }
+    outcome
+}
 
-    let mut baton = Baton::start(&baton_program, &dir)?;
+/// Starts the processes in `dir`, runs every mode, stops everything and collects the figures.
+fn measure(
+    options: &Options,
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    baton_program: &Path,
+    bare_program: &Path,
+) -> Result<RunFigures, BenchError> {
+    let mut baton = Baton::start(baton_program, dir)?;
     let first = baton.current();
     let idle_first = first.and_then(Process::memory);
-    let fds_before = first.and_then(Process::settled_fds);
+    let fds_first = first.and_then(Process::settled_fds);
+    // The first generation holds whatever its launcher left open (e.g. cargo's jobserver pipe
+    // under `cargo run`), and an upgrade passes on only the listening sockets: so the fd
+    // baseline is the first generation started by an upgrade, idle, before any load.
+    let mut setup = probe::Probes::default();
+    baton.upgrade(&mut setup)?;
+    if setup.failures.values().sum::<u64>() > 0 {
+        return Err(BenchError::Server {
+            what: format!(
+                "requests failed during the first upgrade, without load: {}",
+                setup.first_failures.join("; ")
+            ),
+            log: dir.join("baton.log"),
+        });
+    }
+    let second = baton.current();
+    let idle_second = second.and_then(Process::memory);
+    let fds_before = second.and_then(Process::settled_fds);
     let mut bare = match options.no_baseline {
         true => None,
-        false => Some(Bare::start(&bare_program, &dir)?),
+        false => Some(Bare::start(bare_program, dir)?),
     };
 
     let mut modes = Vec::new();
@@ -179,11 +228,11 @@ fn run(options: &Options) -> Result<RunFigures, BenchError> {
         let outcome = (|| {
             let comparison = match &bare {
                 Some(bare) if plan.rounds > 0 => {
-                    Some(scenario::compare(&runtime, bare, &baton, &plan)?)
+                    Some(scenario::compare(runtime, bare, &baton, &plan)?)
                 }
                 _ => None,
             };
-            let mut figures = scenario::run_mode(&runtime, &mut baton, &plan)?;
+            let mut figures = scenario::run_mode(runtime, &mut baton, &plan)?;
             if let Some(comparison) = &comparison {
                 // The template's requests in the rounds are requests like any other.
                 figures.requests += comparison.template_requests;
@@ -220,7 +269,7 @@ fn run(options: &Options) -> Result<RunFigures, BenchError> {
     leftovers.extend(baton.stop());
     drop(bare);
     procfs::reap_exited_children(10_000);
-    for (process, cmdline) in procfs::processes_in(&dir) {
+    for (process, cmdline) in procfs::processes_in(dir) {
         leftovers.push(format!(
             "pid {} ({cmdline}) still running in {}; killed",
             process.pid,
@@ -232,7 +281,7 @@ fn run(options: &Options) -> Result<RunFigures, BenchError> {
 
     let failed_requests = modes.iter().map(|m| m.all_failed()).sum();
     let figures = RunFigures {
-        machine,
+        machine: Machine::default(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         baton: baton_program.display().to_string(),
         version: baton.version().map(str::to_owned),
@@ -241,7 +290,9 @@ fn run(options: &Options) -> Result<RunFigures, BenchError> {
         modes,
         process: ProcessFigures {
             idle_first,
+            idle_second,
             idle_last,
+            fds_first,
             fds_before,
             fds_after,
             generations: baton.generations().to_vec(),
@@ -249,16 +300,8 @@ fn run(options: &Options) -> Result<RunFigures, BenchError> {
         failed_requests,
         leftovers,
         error,
-        wall_seconds: wall.elapsed().as_secs_f64(),
+        wall_seconds: 0.0,
     };
-    if options.keep || !figures.passed() {
-        // Keep the server's log for whoever reads the failure.
-        let kept = workdir.keep();
-        eprintln!("bench: kept {} (baton.log is there)", kept.display());
-        if !figures.passed() {
-            print_log_tail(&kept.join("baton.log"), 30);
-        }
-    }
     Ok(figures)
 }
 

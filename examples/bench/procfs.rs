@@ -154,7 +154,7 @@ pub(crate) fn processes_in(dir: &Path) -> Vec<(Process, String)> {
 }
 
 /// The machine, for the report: the figures mean little without it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Machine {
     pub(crate) nproc: usize,
     pub(crate) cpu: String,
@@ -255,7 +255,9 @@ impl CpuClock {
     }
 }
 
-/// CPU time (user + system) a process has used itself, children not included.
+/// CPU time (user + system) a process has used itself, children not included. Reported in
+/// 10 ms ticks, but the kernel derives them from its exact runtime, so over two seconds of a
+/// busy server the error is under 1 %.
 pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];

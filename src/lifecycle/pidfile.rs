@@ -33,9 +33,11 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> 
         .unwrap_or_else(|| "baton".to_owned());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
+        // No fsync: readers need atomicity (the rename gives it), not durability across a
+        // machine crash (run files describe processes that would be gone too), and an fsync
+        // here once held the command loop for 255 ms.
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
