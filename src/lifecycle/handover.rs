@@ -116,11 +116,6 @@ impl Startup {
         self.supervisor_pid.is_some()
     }
 
-    /// `true` when an older generation started this process and waits for it to be ready.
-    pub fn is_upgrade(&self) -> bool {
-        self.ready_pipe.is_some()
-    }
-
     /// Tells the waiting parent (if any) that this process is ready to serve.
     pub(crate) fn report_ready(&mut self) -> std::io::Result<()> {
         match self.ready_pipe.take() {

@@ -181,7 +181,7 @@ pub async fn run(
 /// Whether `baton serve` should run the supervisor: when asked (`--supervise`,
 /// `lifecycle.supervise`) or when running as PID 1, and never in a worker.
 pub fn should_supervise(startup: &Startup, flag: bool, settings: &Settings) -> bool {
-    supervisor::wanted_for(startup, flag, settings)
+    !startup.is_worker() && (flag || settings.lifecycle.supervise || std::process::id() == 1)
 }
 
 /// Runs the supervisor (see `supervisor`) until shutdown; returns the exit code.

@@ -3,7 +3,7 @@
 //! `/metrics` and long responses that must end when a drain begins).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -79,9 +79,6 @@ struct Inner {
     phase: AtomicU8,
     /// Cancelled when the drain begins: long responses (SSE, streams) watch it and end themselves.
     drain: CancellationToken,
-    /// The same fact for the per-response check: `CancellationToken::is_cancelled` takes a
-    /// mutex shared by every connection, an atomic load does not.
-    draining: AtomicBool,
     open_connections: AtomicUsize,
     listeners: Mutex<Vec<ListenerInfo>>,
     upgrades_ok: AtomicU64,
@@ -101,7 +98,6 @@ impl ProcessState {
                 started_at: SystemTime::now(),
                 phase: AtomicU8::new(Phase::Starting as u8),
                 drain: CancellationToken::new(),
-                draining: AtomicBool::new(false),
                 open_connections: AtomicUsize::new(0),
                 listeners: Mutex::new(Vec::new()),
                 upgrades_ok: AtomicU64::new(0),
@@ -137,7 +133,9 @@ impl ProcessState {
     /// `true` from the moment the drain begins: `/readyz` answers 503, HTTP/1 responses carry
     /// `Connection: close`.
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
+        // The phase, not `drain.is_cancelled()`: that takes a mutex shared by every
+        // connection, and this runs on every HTTP/1 response.
+        self.phase() == Phase::Draining
     }
 
     /// Resolves when the drain begins. Long-lived responses select on it and finish.
@@ -194,7 +192,6 @@ impl ProcessState {
 
     pub(crate) fn begin_drain(&self) {
         self.set_phase(Phase::Draining);
-        self.inner.draining.store(true, Ordering::Release);
         self.inner.drain.cancel();
     }
 

@@ -515,8 +515,3 @@ impl Supervisor {
         }
     }
 }
-
-/// Whether `baton serve` should supervise rather than serve itself.
-pub(crate) fn wanted_for(startup: &Startup, flag: bool, settings: &Settings) -> bool {
-    !startup.is_worker() && (flag || settings.lifecycle.supervise || std::process::id() == 1)
-}
