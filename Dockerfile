@@ -8,8 +8,11 @@
 #   /baton         the binary (the entrypoint)
 #   /app           working directory
 #   /app/config    default.toml (+ <BATON_ENV>.toml); mount a directory here to replace it
-#   /app/run       pid and state files, the one place baton writes (owned by 65532; with a
-#                  read-only root file system, mount a writable volume here)
+#   /app/run       pid and state files (owned by 65532; with a read-only root file system,
+#                  mount a writable volume here)
+#   /app/data      the SQLite database (database.url's default, sqlite://data/baton.db), owned
+#                  by 65532: mount a volume here, or the data goes with the container. With
+#                  PostgreSQL (BATON_DATABASE__URL=postgres://...) nothing is written here.
 #
 # baton runs as PID 1 here, so it starts its supervisor: PID 1 keeps the sockets and never
 # exits during an upgrade, `docker kill --signal USR2` starts a new worker and drains the old
@@ -22,7 +25,7 @@
 # - `prebuilt`: takes it from a context prepared on the host, for machines without access to
 #   an image registry (no Rust image to pull) and for CI, which already built the binary:
 #     cargo build --release --target x86_64-unknown-linux-musl
-#     context/ = baton (that binary, stripped), config/, an empty run/
+#     context/ = baton (that binary, stripped), config/, empty run/ and data/
 #     podman build --format docker --target prebuilt -f Dockerfile context/
 #   scripts/container-test.sh does exactly this.
 
@@ -34,6 +37,13 @@ FROM rust:${RUST_VERSION}-slim AS build
 ARG TARGET=x86_64-unknown-linux-musl
 # No .git in the build context: the build id comes from here (see build.rs).
 ARG BATON_GIT_COMMIT=unknown
+# SQLite is compiled in (C), and so is ring's crypto for TLS to PostgreSQL: a musl C compiler.
+# Not pinned: the Rust image's Debian release decides the version, and a pin would break at its
+# next point release; the compiler only builds, it is not in the image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/*
 RUN rustup target add "${TARGET}"
 WORKDIR /src
 COPY . .
@@ -42,7 +52,7 @@ ENV CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target "${TARGET}" --bin baton \
-    && mkdir -p /out/run \
+    && mkdir -p /out/run /out/data \
     && cp "target/${TARGET}/release/baton" /out/baton
 
 # ---------------------------------------------------------------------------------------------
@@ -68,9 +78,11 @@ CMD ["serve"]
 FROM image AS prebuilt
 COPY baton /baton
 COPY --chown=65532:65532 run/ /app/run/
+COPY --chown=65532:65532 data/ /app/data/
 
 # ---------------------------------------------------------------------------------------------
 # runtime (default): the binary built above.
 FROM image AS runtime
 COPY --from=build /out/baton /baton
 COPY --from=build --chown=65532:65532 /out/run/ /app/run/
+COPY --from=build --chown=65532:65532 /out/data/ /app/data/

@@ -1,5 +1,6 @@
 //! Records the git commit the binary is built from, so `/` and `/-/status` identify the build.
-//! A packager without `.git` (a container build) can pass `BATON_GIT_COMMIT` instead.
+//! A packager without `.git` (a container build) can pass `BATON_GIT_COMMIT` instead. Also
+//! rebuilds when a migration is added.
 
 use std::process::Command;
 
@@ -20,6 +21,8 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=BATON_GIT_COMMIT={commit}");
     println!("cargo:rerun-if-env-changed=BATON_GIT_COMMIT");
+    // `sqlx::migrate!` embeds migrations/; a new file there must rebuild the binary.
+    println!("cargo:rerun-if-changed=migrations");
     // A commit moves the branch ref (loose or packed), not HEAD itself.
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         println!("cargo:rerun-if-changed={path}");

@@ -26,6 +26,8 @@ case "${1:-}" in
 esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "${0##*/}: cargo is not in PATH; install Rust (https://rustup.rs)" >&2
@@ -38,8 +40,7 @@ cargo build ${CARGO_FLAGS---locked} --release --workspace --examples
 
 # The binary directly rather than `cargo run`: it was just built, and it then finds baton and
 # bare_axum next to itself in the same target directory.
-target_dir="$(cargo metadata --format-version 1 --no-deps |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+target_dir="$(cargo_target_dir)"
 bench="${target_dir:-target}/release/examples/bench"
 
 started=$SECONDS

@@ -4,7 +4,8 @@
 #   - it serves on the published port, as a non-root user, and its HEALTHCHECK passes;
 #   - SIGUSR1 reloads the configuration (mounted from the host);
 #   - SIGUSR2 under load upgrades the worker with 0 failed requests (wrk), and the container
-#     keeps running: same container, same PID 1 (baton's supervisor);
+#     keeps running: same container, same PID 1 (baton's supervisor); an item stored before
+#     the upgrade (SQLite in /app/data) is still there after it;
 #   - `podman stop` drains and exits 0, well within the drain timeout.
 # Prints the figures (image size, requests and failures under load, stop time); exit 0 when
 # every check passes, 1 with the reason otherwise.
@@ -46,6 +47,8 @@ TARGET=x86_64-unknown-linux-musl
 DRAIN_TIMEOUT=30
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 say() {
     printf '%s\n' "$*"
@@ -79,6 +82,8 @@ command -v runc >/dev/null || missing+=(runc)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
 command -v strip >/dev/null || missing+=(binutils)
+# SQLite and ring compile C: for the musl target that takes musl's compiler wrapper.
+command -v musl-gcc >/dev/null || missing+=(musl-tools)
 if ((${#missing[@]} > 0)); then
     if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
         fail "missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]}) and run as root"
@@ -144,9 +149,11 @@ cargo build --release --locked --target "$TARGET" --bin baton
 
 say "==> building the image (Dockerfile target \`prebuilt\`)"
 context="$work/context"
-mkdir -p "$context/run"
+mkdir -p "$context/run" "$context/data"
+target_dir="$(cargo_target_dir)"
+[[ -n "$target_dir" ]] || fail "cannot find cargo's target directory"
 # As the Dockerfile's build stage does: line tables are for the host, not the image.
-strip -o "$context/baton" "target/$TARGET/release/baton"
+strip -o "$context/baton" "$target_dir/$TARGET/release/baton"
 cp -r config "$context/config"
 cp Dockerfile "$context/Dockerfile"
 # HEALTHCHECK is part of the docker image format only.
@@ -196,6 +203,8 @@ say "ok: reloaded: $(curl -fsS --max-time 2 "$url")"
 
 # ---------------------------------------------------------------------------------------------
 say "==> upgrade (SIGUSR2) under load: wrk -c $CONNECTIONS -d ${LOAD_SECONDS}s"
+curl -fsS --max-time 2 -H 'Content-Type: application/json' -d '{"name":"kept"}' \
+    "${url}api/items" >/dev/null || fail "POST /api/items failed"
 id_before="$(pod inspect --format '{{.Id}}' "$container")"
 pid1_before="$(pod inspect --format '{{.State.Pid}}' "$container")"
 wrk -t 2 -c "$CONNECTIONS" -d "${LOAD_SECONDS}s" "$url" >"$work/wrk.txt" 2>&1 &
@@ -221,6 +230,9 @@ pid1_after="$(pod inspect --format '{{.State.Pid}}' "$container")"
     fail "the container or its PID 1 changed during the upgrade"
 ((failed == 0)) || fail "$failed failed requests during the upgrade: $(cat "$work/wrk.txt")"
 say "ok: upgraded with $requests requests, $failed failed; container still running (PID 1 unchanged): $body"
+items="$(curl -fsS --max-time 2 "${url}api/items")" || fail "GET /api/items failed after the upgrade"
+[[ "$items" == *'"name":"kept"'* ]] || fail "the item stored before the upgrade is gone: $items"
+say "ok: the item stored before the upgrade is still there"
 
 # ---------------------------------------------------------------------------------------------
 say "==> stop (SIGTERM, drain)"
@@ -233,13 +245,14 @@ exit_code="$(pod inspect --format '{{.State.ExitCode}}' "$container")"
 say "ok: stopped in ${stop_ms} ms, exit code 0"
 
 # ---------------------------------------------------------------------------------------------
-say "==> as deploy/kubernetes runs it: read-only root, no capabilities, an emptyDir for /app/run"
+say "==> as deploy/kubernetes runs it: read-only root, no capabilities, emptyDirs for /app/run and /app/data"
 # A host directory as an emptyDir is: empty, root-owned, mode 0777. (Podman's --tmpfs would do,
 # but runc here mounts it 0755 root whatever the mode option says.)
-mkdir -m 0777 "$work/empty-dir"
+mkdir -m 0777 "$work/empty-dir" "$work/empty-data"
 strict="$(pod run --detach --name "baton-container-test-strict-$$" \
     --read-only --read-only-tmpfs=false \
     --volume "$work/empty-dir:/app/run" \
+    --volume "$work/empty-data:/app/data" \
     --cap-drop ALL --security-opt no-new-privileges \
     --publish 127.0.0.1::8080 \
     "$image")" || fail "podman run (read-only) failed"
@@ -247,10 +260,13 @@ container="$strict"
 strict_url="http://$(pod port "$strict" 8080/tcp)/"
 wait_until 20 "GET $strict_url (read-only root)" curl -fsS --max-time 2 "$strict_url"
 wait_until 20 "baton status (read-only root)" pod exec "$strict" /baton status
+# SQLite writes to the emptyDir at /app/data, the one writable place besides /app/run.
+curl -fsS --max-time 2 -H 'Content-Type: application/json' -d '{"name":"read-only root"}' \
+    "${strict_url}api/items" >/dev/null || fail "POST /api/items failed (read-only root)"
 pod stop --time $((DRAIN_TIMEOUT + 15)) "$strict" >/dev/null
 exit_code="$(pod inspect --format '{{.State.ExitCode}}' "$strict")"
 ((exit_code == 0)) || fail "exit code $exit_code after podman stop (read-only root)"
-say "ok: serves, answers \`baton status\`, stops with exit code 0"
+say "ok: serves, stores an item, answers \`baton status\`, stops with exit code 0"
 
 say ""
 say "container test passed: image $(awk -v b="$image_bytes" 'BEGIN { printf "%.1f MB", b / 1e6 }');" \

@@ -10,9 +10,13 @@
 #                                   again), then start or upgrade
 #
 # Whether baton runs is decided by `baton status` (the pid file, verified to be baton), never by
-# `ps | grep`. An upgrade is `baton upgrade`: it checks the config, signals, waits, and prints
-# "upgraded <old pid> -> <new pid> (<version>)" or "upgrade failed: <reason>"; a failed upgrade
-# changes nothing. Exit codes: 0 started or upgraded, 1 failed, 2 usage; when upgrading, those of
+# `ps | grep`. An upgrade is `baton upgrade --binary $BATON_BIN`: it checks the config with that
+# build, signals, waits, and prints "upgraded <old pid> -> <new pid> (<version>)" or "upgrade
+# failed: <reason>"; a failed upgrade changes nothing. A running server starts, at an upgrade, the
+# file it was started from (the `program:` line of `baton status`); when that is not $BATON_BIN
+# (say it was started by `cargo run`, which runs target/debug/baton), installing at $BATON_BIN or
+# upgrading would not change what runs, so this script says so and exits 1 before changing
+# anything. Exit codes: 0 started or upgraded, 1 failed, 2 usage; when upgrading, those of
 # `baton upgrade` (3 if the server stopped meanwhile).
 #
 # Environment:
@@ -68,6 +72,8 @@ case $# in
         ;;
 esac
 
+command -v realpath >/dev/null || die "realpath is missing (it comes with GNU coreutils)"
+
 root="${BATON_ROOT:-$(dirname "${BASH_SOURCE[0]}")/..}"
 cd "$root" || die "cannot change to $root (BATON_ROOT)"
 BATON_BIN="${BATON_BIN:-target/release/baton}"
@@ -91,7 +97,7 @@ temp_files=()
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     if ((${#temp_files[@]})); then
-        rm -f -- "${temp_files[@]}"
+        rm -rf -- "${temp_files[@]}"
     fi
 }
 trap cleanup EXIT
@@ -105,6 +111,19 @@ copy_beside_bin() {
     copied="$(mktemp "$bin_dir/.baton.XXXXXX")"
     temp_files+=("$copied")
     cp -p -- "$1" "$copied"
+}
+
+# Copies $BATON_BIN to a new temp directory beside it, under the name the running server's
+# executable has (`baton upgrade` signals only a process that runs a binary of its own name), and
+# sets $client to it: the build that serves now drives the upgrade, since it is known to work.
+# (Beside $BATON_BIN rather than in /tmp, which may be mounted noexec.)
+client=
+copy_client() {
+    local dir
+    dir="$(mktemp -d "$bin_dir/.baton.XXXXXX")"
+    temp_files+=("$dir")
+    client="$dir/$(basename -- "$(realpath -- "$BATON_BIN")")"
+    cp -p -- "$BATON_BIN" "$client"
 }
 
 # The binary an install displaced, kept beside $BATON_BIN until the outcome is known: it becomes
@@ -216,11 +235,38 @@ query_status() {
 # --- Main ---
 
 # Whether baton runs is asked of the binary in place now, before a new build is installed over
-# it: that one is known to work (it is the one serving, unless a build just replaced it).
+# it: that one is known to work (it is the one serving, unless a build just replaced it). With
+# none there yet, the build to install is asked: a server may run from another path, and must
+# then be neither started twice nor told it was upgraded.
 status_rc=3
 status_out=
-if [[ -f "$BATON_BIN" && -x "$BATON_BIN" ]]; then
-    query_status "$BATON_BIN"
+status_bin="$BATON_BIN"
+if [[ ! -f "$BATON_BIN" || ! -x "$BATON_BIN" ]] && [[ "$mode" == install ]]; then
+    status_bin="$new_bin"
+fi
+if [[ -f "$status_bin" && -x "$status_bin" ]]; then
+    query_status "$status_bin"
+fi
+
+# A running server must start $BATON_BIN at its next upgrade, or nothing done here would reach it.
+if ((status_rc == 0)); then
+    program="$(sed -n 's/^program: //p' <<<"$status_out")"
+    [[ -n "$program" ]] ||
+        die "cannot tell which binary the running baton starts at an upgrade" \
+            "(\`$status_bin status\` printed no program line: ${status_out}); nothing was changed"
+    if [[ "$(realpath -m -- "$program")" != "$(realpath -m -- "$BATON_BIN")" ]]; then
+        server_pid=
+        if [[ "$status_out" =~ pid\ ([0-9]+) ]]; then
+            server_pid=" (pid ${BASH_REMATCH[1]})"
+        fi
+        die "the running baton$server_pid starts $program at an upgrade, not $BATON_BIN:" \
+            "installing or upgrading there would not change what runs; nothing was changed." \
+            "Set BATON_BIN=$program to upgrade the running server, or stop it and start it" \
+            "from $BATON_BIN"
+    fi
+    if [[ "$mode" != restart && -f "$BATON_BIN" ]]; then
+        copy_client
+    fi
 fi
 
 case "$mode" in
@@ -240,20 +286,23 @@ undo() {
     esac
 }
 
-# The client that drives the upgrade: the binary being replaced when there is one, since it is
-# known to work; the new build only has to pass the `check` that `baton upgrade` runs on it.
-client="$BATON_BIN"
-case "$mode" in
-    install) client="${displaced:-$BATON_BIN}" ;;
-    rollback) client="$prev_bin" ;;
-esac
+# The client that drives the upgrade: a copy of the binary that served before an install or
+# rollback (see copy_client), else $BATON_BIN; the new build only has to pass the `check` that
+# `baton upgrade --binary $BATON_BIN` runs on it.
+client="${client:-$BATON_BIN}"
 
 outcome=0
 case "$status_rc" in
     0)
         # Running: hand over to a new process started from $BATON_BIN. Not exec'd, so this
         # script owns the exit code (the same one) and can undo the install on failure.
-        "$client" upgrade || outcome=$?
+        "$client" upgrade --binary "$BATON_BIN" || outcome=$?
+        if ((outcome == 2)); then
+            # A client older than --binary (a usage error, nothing was done): it checks the
+            # server's own path, which is $BATON_BIN, as verified above.
+            outcome=0
+            "$client" upgrade || outcome=$?
+        fi
         ;;
     3)
         start_baton || outcome=$?
@@ -263,18 +312,18 @@ case "$status_rc" in
         # make it a stale pid file.
         if [[ "$status_out" != *"stale pid file"* ]]; then
             undo
-            die "\`$BATON_BIN status\` failed: ${status_out:-no output}"
+            die "\`$status_bin status\` failed: ${status_out:-no output}"
         fi
         say "stale pid file (${status_out}); starting a new baton"
         start_baton || outcome=$?
         ;;
     124)
         undo
-        die "\`$BATON_BIN status\` did not answer within ${BATON_STATUS_TIMEOUT}s"
+        die "\`$status_bin status\` did not answer within ${BATON_STATUS_TIMEOUT}s"
         ;;
     *)
         undo
-        die "\`$BATON_BIN status\` failed with exit code $status_rc: ${status_out:-no output}"
+        die "\`$status_bin status\` failed with exit code $status_rc: ${status_out:-no output}"
         ;;
 esac
 

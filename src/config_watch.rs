@@ -14,6 +14,12 @@
 //! [`Settings::load`](crate::settings::Settings::load) reads: `default.toml`, `<BATON_ENV>.toml`
 //! and `..data`.
 //!
+//! Other files a reload reads (the TLS certificate and key) are watched the same way: their
+//! directories, filtered to their names and `..data` (a Kubernetes Secret volume, as
+//! cert-manager fills it, swaps `..data` like a ConfigMap; certbot replaces the links in
+//! `live/`). The files are those named when the watch started; a reload that names other files
+//! reads them, but they are watched from the next upgrade on.
+//!
 //! # Debounce
 //! One save is several events (truncate, write, close; or create, rename), and a ConfigMap
 //! swap is a few more. The first relevant event opens a window; each further one extends it
@@ -63,11 +69,13 @@ pub enum WatchError {
     },
 }
 
-/// Watches `source`'s directory and sends [`Command::Reload`] through `commands` after each
-/// change to a file it reads, debounced by `debounce`, until `stop` resolves. Returns once the
-/// watch is in place: a change made after that is seen. Must be called inside the runtime.
+/// Watches `source`'s directory and the directories of `files` (other files a reload reads),
+/// and sends [`Command::Reload`] through `commands` after each change to a file it reads,
+/// debounced by `debounce`, until `stop` resolves. Returns once the watch is in place: a change
+/// made after that is seen. Must be called inside the runtime.
 pub fn spawn(
     source: &ConfigSource,
+    files: &[PathBuf],
     debounce: Duration,
     commands: CommandSender,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -79,7 +87,12 @@ pub fn spawn(
     };
     // Event paths are compared with this one, and notify reports them absolute.
     let dir = std::path::absolute(&source.dir).map_err(|e| fail(&source.dir, e.into()))?;
-    let filter = Filter::new(&dir, source);
+    let mut filter = Filter::new(&dir, source);
+    for file in files {
+        let file = std::path::absolute(file).map_err(|e| fail(file, e.into()))?;
+        filter.add_file(&file);
+    }
+    let dirs: Vec<PathBuf> = filter.watched.iter().map(|w| w.dir.clone()).collect();
     let (changes, pending) = mpsc::channel(PENDING_CAPACITY);
     // Runs on notify's own thread: classify, then hand over without blocking it.
     let handler = move |event: notify::Result<Event>| match event {
@@ -88,8 +101,8 @@ pub fn spawn(
                 // Full: a reload is due and will read this change too. Closed: draining.
                 let _ = changes.try_send(change);
             }
-            Some(Change::DirectoryGone) => tracing::warn!(
-                dir = %filter.dir.display(),
+            Some(Change::DirectoryGone(dir)) => tracing::warn!(
+                dir = %dir.display(),
                 "the configuration directory was moved or removed; changes are no longer \
                  watched (SIGUSR1 and `baton reload` still work; the next upgrade watches again)"
             ),
@@ -98,10 +111,12 @@ pub fn spawn(
         Err(err) => tracing::warn!(error = %err, "configuration watcher error"),
     };
     let mut watcher = notify::recommended_watcher(handler).map_err(|e| fail(&dir, e))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| fail(&dir, e))?;
-    tracing::info!(dir = %dir.display(), ?debounce, "watching the configuration for changes");
+    for dir in &dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| fail(dir, e))?;
+    }
+    tracing::info!(dirs = ?dirs, ?debounce, "watching the configuration for changes");
     tokio::spawn(async move {
         // Dropping the watcher removes the watch and ends notify's thread.
         let _watcher = watcher;
@@ -188,15 +203,22 @@ struct FileChange {
 #[derive(Debug, Clone, PartialEq)]
 enum Change {
     File(FileChange),
-    /// The watched directory itself was renamed or deleted: no further event will come.
-    DirectoryGone,
+    /// A watched directory itself was renamed or deleted: no further event will come from it.
+    DirectoryGone(PathBuf),
 }
 
-/// Decides which events can change the settings.
+/// Decides which events can change what a reload reads.
 #[derive(Debug)]
 struct Filter {
+    /// The configuration directory first.
+    watched: Vec<Watched>,
+}
+
+/// One watched directory.
+#[derive(Debug)]
+struct Watched {
     dir: PathBuf,
-    /// Directory entries whose change can change the settings.
+    /// Directory entries whose change can change what a reload reads.
     names: Vec<OsString>,
 }
 
@@ -207,8 +229,31 @@ impl Filter {
             names.push(format!("{env_name}.toml").into());
         }
         Self {
-            dir: dir.to_owned(),
-            names,
+            watched: vec![Watched {
+                dir: dir.to_owned(),
+                names,
+            }],
+        }
+    }
+
+    /// Also watches `file` (an absolute path), and `..data` beside it.
+    fn add_file(&mut self, file: &Path) {
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+            return;
+        };
+        let index = match self.watched.iter().position(|w| w.dir == dir) {
+            Some(index) => index,
+            None => {
+                self.watched.push(Watched {
+                    dir: dir.to_owned(),
+                    names: vec![KUBERNETES_DATA_LINK.into()],
+                });
+                self.watched.len() - 1
+            }
+        };
+        let names = &mut self.watched[index].names;
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
         }
     }
 
@@ -216,7 +261,7 @@ impl Filter {
         if event.need_rescan() {
             // The kernel dropped events: anything may have changed.
             return Some(Change::File(FileChange {
-                name: self.dir.clone().into_os_string(),
+                name: self.watched[0].dir.clone().into_os_string(),
                 kind: event.kind,
             }));
         }
@@ -224,19 +269,23 @@ impl Filter {
             return None;
         }
         for path in &event.paths {
-            if *path == self.dir {
+            if self.watched.iter().any(|w| w.dir == *path) {
                 if matches!(
                     event.kind,
                     EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
                 ) {
-                    return Some(Change::DirectoryGone);
+                    return Some(Change::DirectoryGone(path.clone()));
                 }
                 continue;
             }
-            let Some(name) = path.file_name() else {
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
                 continue;
             };
-            if path.parent() == Some(self.dir.as_path()) && self.names.iter().any(|n| n == name) {
+            let relevant = self
+                .watched
+                .iter()
+                .any(|w| w.dir == dir && w.names.iter().any(|n| n == name));
+            if relevant {
                 return Some(Change::File(FileChange {
                     name: name.to_owned(),
                     kind: event.kind,
@@ -337,7 +386,32 @@ mod tests {
         let removed = EventKind::Remove(RemoveKind::Folder);
         assert_eq!(
             filter(None).classify(&event(removed, "/srv/config")),
-            Some(Change::DirectoryGone)
+            Some(Change::DirectoryGone("/srv/config".into()))
         );
+    }
+
+    #[test]
+    fn the_certificate_files_and_their_secret_volume_swap_are_changes() {
+        let mut filter = filter(None);
+        filter.add_file(Path::new("/srv/tls/tls.crt"));
+        filter.add_file(Path::new("/srv/tls/tls.key"));
+        filter.add_file(Path::new("/srv/config/cert.pem"));
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let moved_in = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(
+            filter.classify(&event(write, "/srv/tls/tls.key")),
+            file("tls.key", write)
+        );
+        assert_eq!(
+            filter.classify(&event(moved_in, "/srv/tls/..data")),
+            file("..data", moved_in)
+        );
+        assert_eq!(
+            filter.classify(&event(write, "/srv/config/cert.pem")),
+            file("cert.pem", write)
+        );
+        // The certificate's name does not make it relevant in another directory.
+        assert_eq!(filter.classify(&event(write, "/srv/config/tls.crt")), None);
+        assert_eq!(filter.classify(&event(write, "/srv/tls/other.pem")), None);
     }
 }

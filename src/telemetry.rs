@@ -5,6 +5,8 @@
 //! overridden with `BATON_LOG__FILTER`, and `baton check` shows the one that will be in force.
 //! The format is chosen once per process (`log.format` is upgrade-only): swapping the output
 //! format under running spans would mix two formats in one stream.
+//!
+//! Warnings and errors go through [`LogLimit`], so that a client cannot amplify the log.
 
 use std::io::IsTerminal;
 
@@ -15,6 +17,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 
+use crate::log_limit::LogLimit;
 use crate::settings::{Log, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +32,25 @@ pub enum TelemetryError {
 
     #[error("cannot change the log filter: {0}")]
     Reload(String),
+
+    #[error(
+        "log.otlp_endpoint is set, but this build has no OpenTelemetry support; rebuild with \
+         `cargo build --release --features otel`, or remove log.otlp_endpoint"
+    )]
+    OtelNotBuilt,
+
+    #[error("cannot export traces to log.otlp_endpoint {endpoint:?}: {reason}")]
+    Otlp { endpoint: String, reason: String },
 }
 
-/// The handle that changes the log filter of the installed subscriber.
+/// The handle that changes the log filter of the installed subscriber, and the trace exporter
+/// when there is one.
 #[derive(Clone, Debug)]
 pub struct Telemetry {
     filter: reload::Handle<EnvFilter, Registry>,
+    limit: LogLimit,
+    #[cfg(feature = "otel")]
+    otel: Option<crate::otel::Otel>,
 }
 
 impl Telemetry {
@@ -45,14 +61,30 @@ impl Telemetry {
             .reload(filter)
             .map_err(|err| TelemetryError::Reload(err.to_string()))
     }
+
+    /// Writes what the log limit suppressed, every few seconds; run it on the runtime.
+    pub fn report_suppressed(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.limit.clone().report()
+    }
+
+    /// Exports the spans still buffered (`log.otlp_endpoint`); called once the drain is over,
+    /// before the process exits. Nothing to do without an exporter.
+    pub fn flush(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(otel) = &self.otel {
+            otel.flush();
+        }
+    }
 }
 
 /// Installs the global subscriber: logs go to stderr, filtered by `log.filter`, in
-/// `log.format`. Fails, without panicking, when a global subscriber is already installed.
-pub fn init(log: &Log) -> Result<Telemetry, TelemetryError> {
+/// `log.format`, and spans to `log.otlp_endpoint` when set (feature `otel`), with the binary
+/// `generation` among their attributes. Fails, without panicking, when a global subscriber is
+/// already installed.
+pub fn init(log: &Log, generation: u64) -> Result<Telemetry, TelemetryError> {
     // Colours only for a person at a terminal; journald and log collectors want plain text.
     let ansi = std::io::stderr().is_terminal();
-    let (subscriber, telemetry) = build(log, std::io::stderr, ansi)?;
+    let (subscriber, telemetry) = build(log, std::io::stderr, ansi, generation)?;
     subscriber
         .try_init()
         .map_err(|err| TelemetryError::AlreadyInitialized(err.to_string()))?;
@@ -64,15 +96,52 @@ fn build<W>(
     log: &Log,
     writer: W,
     ansi: bool,
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))] generation: u64,
 ) -> Result<(impl Subscriber + Send + Sync + 'static, Telemetry), TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let (filter, handle) = reload::Layer::new(parse_filter(&log.filter)?);
+    let limit = LogLimit::default();
     let subscriber = tracing_subscriber::registry()
         .with(filter)
+        .with(limit.clone())
         .with(fmt_layer(log.format, writer, ansi));
-    Ok((subscriber, Telemetry { filter: handle }))
+    #[cfg(not(feature = "otel"))]
+    {
+        if !log.otlp_endpoint.is_empty() {
+            return Err(TelemetryError::OtelNotBuilt);
+        }
+        Ok((
+            subscriber,
+            Telemetry {
+                filter: handle,
+                limit,
+            },
+        ))
+    }
+    #[cfg(feature = "otel")]
+    {
+        let (otel, layer) = match log.otlp_endpoint.as_str() {
+            "" => (None, None),
+            endpoint => {
+                let (otel, layer) =
+                    crate::otel::Otel::start(endpoint, generation).map_err(|reason| {
+                        TelemetryError::Otlp {
+                            endpoint: endpoint.to_owned(),
+                            reason,
+                        }
+                    })?;
+                (Some(otel), Some(layer))
+            }
+        };
+        let telemetry = Telemetry {
+            filter: handle,
+            limit,
+            otel,
+        };
+        Ok((subscriber.with(layer), telemetry))
+    }
 }
 
 fn fmt_layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
@@ -145,6 +214,8 @@ mod tests {
         Log {
             filter: filter.to_owned(),
             format,
+            access: false,
+            otlp_endpoint: String::new(),
         }
     }
 
@@ -152,7 +223,7 @@ mod tests {
     fn json_is_one_flat_object_per_line() {
         let buffer = Buffer::default();
         let (subscriber, _telemetry) =
-            build(&log("info", LogFormat::Json), buffer.clone(), false).expect("valid filter");
+            build(&log("info", LogFormat::Json), buffer.clone(), false, 1).expect("valid filter");
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(answer = 42, "first");
             tracing::warn!(path = "/x", "second");
@@ -173,7 +244,7 @@ mod tests {
     fn set_filter_changes_what_is_written_and_rejects_garbage() {
         let buffer = Buffer::default();
         let (subscriber, telemetry) =
-            build(&log("warn", LogFormat::Text), buffer.clone(), false).expect("valid filter");
+            build(&log("warn", LogFormat::Text), buffer.clone(), false, 1).expect("valid filter");
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("hidden");
             telemetry.set_filter("info").expect("valid filter");
@@ -193,9 +264,21 @@ mod tests {
         assert!(text.contains("still shown"), "{text}");
     }
 
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn an_otlp_endpoint_without_the_otel_feature_is_an_error_that_says_how_to_build() {
+        let mut settings = log("info", LogFormat::Text);
+        settings.otlp_endpoint = "http://127.0.0.1:4318".to_owned();
+        let err = build(&settings, Buffer::default(), false, 1)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, TelemetryError::OtelNotBuilt), "{err}");
+        assert!(err.to_string().contains("--features otel"), "{err}");
+    }
+
     #[test]
     fn invalid_initial_filter_is_an_error() {
-        let err = build(&log("=", LogFormat::Text), Buffer::default(), false)
+        let err = build(&log("=", LogFormat::Text), Buffer::default(), false, 1)
             .err()
             .expect("an invalid filter is refused");
         assert!(matches!(err, TelemetryError::InvalidFilter { .. }), "{err}");

@@ -1,8 +1,8 @@
 //! Reload and shutdown of the real binary (issue 2): `bin/baton serve` in a temporary
 //! deployment directory, driven by real signals, the `baton` CLI and `scripts/reload.sh`.
-//! The harness is in `common/mod.rs`.
+//! The harness is in `support/`.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -10,13 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    Config, DEADLINE, InFlight, KillOnDrop, RawConn, Server, holds_connection, wait_for, wait_until,
-};
 use loadgen::{FailureKind, LoadConfig, Mode};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use serde_json::Value;
+use support::{Config, DEADLINE, KillOnDrop, RawConn, Server, wait_for, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // Reload
@@ -353,10 +351,7 @@ async fn reloads_under_concurrent_requests_are_never_torn_and_never_fail() {
 fn sigterm_lets_a_slow_request_finish_then_exits_0_and_removes_the_pid_file() {
     let server = Server::start(&Config::default());
     let pid = server.first_pid();
-    let slow = InFlight::start(server.http, "/api/slow?ms=2000");
-    wait_until(DEADLINE, "the server to accept the slow request", || {
-        holds_connection(pid, slow.client)
-    });
+    let slow = server.in_flight(pid, "/api/slow?ms=2000");
 
     server.signal(Signal::SIGTERM);
     let status = server.wait_exit(DEADLINE);
@@ -372,7 +367,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0_and_removes_the_pid_file() {
         response.closes(),
         "a response during the drain says Connection: close"
     );
-    assert_eq!(status, common::exited(pid, 0));
+    assert_eq!(status, support::exited(pid, 0));
     assert!(!server.pid_path().exists(), "the pid file is removed");
     assert!(!server.state_path().exists(), "the state file is removed");
     let log = server.log();
@@ -407,7 +402,7 @@ async fn sigterm_under_keep_alive_load_answers_every_request_that_was_sent() {
         .expect("the load to stop");
     eprintln!("{report}");
 
-    assert_eq!(status, common::exited(pid, 0));
+    assert_eq!(status, support::exited(pid, 0));
     // After the drain began, clients reconnect and find no listener: refused connects are
     // expected. A request that was sent and got no full response is a lost request.
     let lost: u64 = report
@@ -432,19 +427,8 @@ fn a_second_sigterm_exits_at_once() {
         ..Config::default()
     });
     let pid = server.first_pid();
-    let slow = InFlight::start(server.http, "/api/slow?ms=10000");
-    wait_until(DEADLINE, "the server to accept the slow request", || {
-        holds_connection(pid, slow.client)
-    });
-    server.signal_pid(pid, Signal::SIGTERM);
-    // Signals of one kind coalesce: the second must come after the first was taken.
-    wait_until(DEADLINE, "the drain to begin", || {
-        server.log().contains("draining: stopped accepting")
-    });
-
-    let second = Instant::now();
-    server.signal_pid(pid, Signal::SIGTERM);
-    let status = server.wait_exit(DEADLINE);
+    let slow = server.in_flight(pid, "/api/slow?ms=10000");
+    let (status, second) = server.sigterm_twice(pid, "draining: stopped accepting");
     let took = second.elapsed();
     assert!(
         took < Duration::from_secs(5),
@@ -462,36 +446,62 @@ fn a_second_sigterm_exits_at_once() {
 
 #[test]
 fn readyz_turns_503_with_connection_close_when_the_drain_begins() {
-    // A long lame duck: the connection opened before stays served for the whole check.
+    // A long lame duck: the connections opened before stay served for the whole check.
     let server = Server::start(&Config {
         lame_duck: "10s".into(),
         shutdown_timeout: "20s".into(),
         ..Config::default()
     });
     let pid = server.first_pid();
-    let mut conn = RawConn::open(server.http).expect("connect");
-    let ready = conn.get("/readyz").expect("GET /readyz");
-    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
-    assert!(!ready.closes(), "{ready:?}");
+    let mut first = RawConn::open(server.http).expect("connect");
+    let mut second = RawConn::open(server.http).expect("connect");
+    for conn in [&mut first, &mut second] {
+        let ready = conn.get("/readyz").expect("GET /readyz");
+        assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+        assert!(!ready.closes(), "{ready:?}");
+    }
 
     server.signal(Signal::SIGTERM);
-    let draining = wait_for(
+    // `/readyz` answers from the phase when its handler runs, and `Connection: close` is
+    // added from the phase after it ran (so that a request begun before the drain also moves
+    // its client on): the request that straddles the start of the drain gets `200 ready` with
+    // `Connection: close`, and its connection is closed after it. Either response ends the
+    // polling; a request after it on that connection would meet a closed socket.
+    let seen = wait_for(
         DEADLINE,
-        "/readyz to answer 503 on the open connection",
+        "a response on the open connection to show the drain",
         || {
-            let response = conn
-                .get("/readyz")
-                .expect("an open keep-alive connection is served through the lame duck");
-            (response.status != 200).then_some(response)
+            let response = first.get("/readyz").expect(
+                "an open keep-alive connection is served through the lame duck until it is \
+                 told Connection: close",
+            );
+            (response.status != 200 || response.closes()).then_some(response)
         },
     );
+    assert!(
+        matches!(
+            (seen.status, seen.body.as_str()),
+            (503, "draining\n") | (200, "ready\n")
+        ),
+        "{seen:?}"
+    );
+    assert!(seen.closes(), "{seen:?}");
+    assert!(
+        first.closed_by_server(),
+        "the server closes after Connection: close"
+    );
+    // The drain has begun (the server said so): a request on the other open connection is
+    // answered 503, and told to close.
+    let draining = second
+        .get("/readyz")
+        .expect("an open keep-alive connection is served through the lame duck");
     assert_eq!(
         (draining.status, draining.body.as_str()),
         (503, "draining\n")
     );
     assert!(draining.closes(), "{draining:?}");
     assert!(
-        conn.closed_by_server(),
+        second.closed_by_server(),
         "the server closes after Connection: close"
     );
     // The listener closed before the drain began: new connections are refused at once.
@@ -503,7 +513,7 @@ fn readyz_turns_503_with_connection_close_when_the_drain_begins() {
 
     let closed = Instant::now();
     let status = server.wait_exit(DEADLINE);
-    assert_eq!(status, common::exited(pid, 0));
+    assert_eq!(status, support::exited(pid, 0));
     assert!(
         closed.elapsed() < Duration::from_secs(5),
         "the lame duck (10 s) ends early once no connection is left; took {:?}",
@@ -533,18 +543,15 @@ fn status_and_stop_exit_codes_and_a_stale_pid_file_is_never_signalled() {
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(out.stdout.trim(), format!("stopped {pid}"));
     let status = server.wait_exit(DEADLINE);
-    assert_eq!(status, common::exited(pid, 0));
+    assert_eq!(status, support::exited(pid, 0));
 
     // Not running: LSB exit code 3, for status and for every command that needs the server.
-    for command in ["status", "stop", "reload", "upgrade"] {
-        let out = server.run_cli(&[command]);
-        assert_eq!(
-            out.code,
-            Some(3),
-            "baton {command} with no pid file:\n{out}"
-        );
-        assert!(out.stderr.contains("not running"), "{out}");
-    }
+    assert_each_exits(
+        &server,
+        &["status", "stop", "reload", "upgrade"],
+        3,
+        "not running",
+    );
 
     // A stale pid file naming a live process that is not baton: exit 1, and no signal to it
     // (SIGTERM, SIGUSR1 and SIGUSR2 would all end a `sleep`).
@@ -556,29 +563,22 @@ fn status_and_stop_exit_codes_and_a_stale_pid_file_is_never_signalled() {
     );
     let stranger_pid = stranger.0.id();
     std::fs::write(server.pid_path(), format!("{stranger_pid}\n")).expect("write the pid file");
-    for command in ["status", "stop", "upgrade"] {
-        let out = server.run_cli(&[command]);
-        assert_eq!(
-            out.code,
-            Some(1),
-            "baton {command} with a stale pid file:\n{out}"
-        );
-        assert!(out.stderr.contains("stale"), "{out}");
-    }
+    assert_each_exits(&server, &["status", "stop", "upgrade"], 1, "stale");
     // The same with the state file of the baton that ran before (another pid).
     std::fs::write(server.state_path(), &state).expect("write the old state file");
-    for command in ["status", "reload"] {
-        let out = server.run_cli(&[command]);
-        assert_eq!(
-            out.code,
-            Some(1),
-            "baton {command} with a stale pid file:\n{out}"
-        );
-        assert!(out.stderr.contains("stale"), "{out}");
-    }
+    assert_each_exits(&server, &["status", "reload"], 1, "stale");
     let mut stranger = stranger;
     assert!(
         stranger.0.try_wait().expect("poll the stranger").is_none(),
         "the process named by the stale pid file was signalled"
     );
+}
+
+/// Runs `baton <command>` for each of `commands`: each must exit `code` and say `says`.
+fn assert_each_exits(server: &Server, commands: &[&str], code: i32, says: &str) {
+    for command in commands {
+        let out = server.run_cli(&[command]);
+        assert_eq!(out.code, Some(code), "baton {command} ({says:?}):\n{out}");
+        assert!(out.stderr.contains(says), "baton {command}:\n{out}");
+    }
 }

@@ -46,6 +46,12 @@ fn load(
     Settings::load_from(&source(dir, env_name), env(vars))
 }
 
+/// Loads an empty `default.toml` under the environment `vars`; panics if that fails.
+fn load_env(vars: &[(&str, &str)]) -> Settings {
+    let dir = config_dir(&[("default.toml", "")]);
+    load(dir.path(), None, vars).unwrap_or_else(|e| panic!("{vars:?} load: {e}"))
+}
+
 /// The message of a load that must fail.
 fn load_error(dir: &Path, env_name: Option<&str>, vars: &[(&str, &str)]) -> String {
     match load(dir, env_name, vars) {
@@ -67,17 +73,37 @@ fn assert_contains_all(message: &str, parts: &[&str]) {
     }
 }
 
+/// Asserts that `message` names the file at `path` and holds every part.
+fn assert_names_file(message: &str, path: &Path, parts: &[&str]) {
+    assert_contains_all(message, &[&path.display().to_string()]);
+    assert_contains_all(message, parts);
+}
+
+/// Each `default.toml` text must fail to load with a message that names the file and holds
+/// every part.
+fn assert_file_errors(cases: &[(&str, &[&str])]) {
+    for (text, parts) in cases {
+        let (message, path) = default_toml_error(text);
+        assert_names_file(&message, &path, parts);
+    }
+}
+
+/// Each environment variable, over an empty `default.toml`, must fail to load with a message
+/// that names the variable and holds every part.
+fn assert_env_errors(cases: &[(&str, &str, &[&str])]) {
+    let dir = config_dir(&[("default.toml", "")]);
+    for (name, value, parts) in cases {
+        let message = load_error(dir.path(), None, &[(name, value)]);
+        assert_contains_all(&message, &[&format!("environment variable {name}")]);
+        assert_contains_all(&message, parts);
+    }
+}
+
 fn repo_config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
 // ---- the shipped files ----
-
-#[test]
-fn repo_default_toml_equals_the_built_in_defaults() {
-    let loaded = load(&repo_config_dir(), None, &[]).expect("config/default.toml loads");
-    assert_eq!(loaded, Settings::default());
-}
 
 #[test]
 fn repo_production_toml_loads_and_only_overlays() {
@@ -161,19 +187,13 @@ fn without_baton_env_an_env_file_is_not_read() {
 
 #[test]
 fn env_values_are_parsed_by_type() {
-    let dir = config_dir(&[("default.toml", "")]);
-    let loaded = load(
-        dir.path(),
-        None,
-        &[
-            ("BATON_SERVER__LISTEN", "127.0.0.1:18080"),
-            ("BATON_ADMIN__ENABLED", "false"),
-            ("BATON_APP__GREETING", "42"),
-            ("BATON_LIFECYCLE__LAME_DUCK", "500ms"),
-            ("BATON_LOG__FORMAT", "json"),
-        ],
-    )
-    .expect("loads");
+    let loaded = load_env(&[
+        ("BATON_SERVER__LISTEN", "127.0.0.1:18080"),
+        ("BATON_ADMIN__ENABLED", "false"),
+        ("BATON_APP__GREETING", "42"),
+        ("BATON_LIFECYCLE__LAME_DUCK", "500ms"),
+        ("BATON_LOG__FORMAT", "json"),
+    ]);
     assert_eq!(
         loaded.server.listen,
         SocketAddr::from(([127, 0, 0, 1], 18080))
@@ -186,21 +206,16 @@ fn env_values_are_parsed_by_type() {
 
 #[test]
 fn other_baton_variables_are_not_settings() {
-    let dir = config_dir(&[("default.toml", "")]);
-    let loaded = load(
-        dir.path(),
-        None,
-        &[
-            ("BATON_ENV", "nonexistent"),
-            ("BATON_CONFIG_DIR", "/nonexistent"),
-            ("BATON_UPGRADE_READY_FD", "7"),
-            ("BATON_GENERATION", "3"),
-            ("BATON_GIT_COMMIT", "abc"),
-            ("PATH", "/usr/bin"),
-            ("SERVER__LISTEN", "nonsense"),
-        ],
-    )
-    .expect("non-settings variables are ignored");
+    // Non-settings variables are ignored.
+    let loaded = load_env(&[
+        ("BATON_ENV", "nonexistent"),
+        ("BATON_CONFIG_DIR", "/nonexistent"),
+        ("BATON_UPGRADE_READY_FD", "7"),
+        ("BATON_GENERATION", "3"),
+        ("BATON_GIT_COMMIT", "abc"),
+        ("PATH", "/usr/bin"),
+        ("SERVER__LISTEN", "nonsense"),
+    ]);
     assert_eq!(loaded, Settings::default());
 }
 
@@ -211,10 +226,7 @@ fn missing_default_toml_names_the_path_and_the_fix() {
     let dir = config_dir(&[]);
     let message = load_error(dir.path(), None, &[]);
     let path = dir.path().join("default.toml");
-    assert_contains_all(
-        &message,
-        &[&path.display().to_string(), "not found", "--config-dir"],
-    );
+    assert_names_file(&message, &path, &["not found", "--config-dir"]);
 }
 
 #[test]
@@ -222,10 +234,7 @@ fn missing_env_file_is_an_error_naming_baton_env() {
     let dir = config_dir(&[("default.toml", "")]);
     let message = load_error(dir.path(), Some("prodution"), &[]);
     let path = dir.path().join("prodution.toml");
-    assert_contains_all(
-        &message,
-        &[&path.display().to_string(), "BATON_ENV=prodution"],
-    );
+    assert_names_file(&message, &path, &["BATON_ENV=prodution"]);
 }
 
 #[test]
@@ -242,10 +251,7 @@ fn unreadable_file_names_the_path_and_the_os_reason() {
     fs::create_dir(dir.path().join("default.toml")).expect("create a directory");
     let message = load_error(dir.path(), None, &[]);
     let path = dir.path().join("default.toml");
-    assert_contains_all(
-        &message,
-        &[&path.display().to_string(), "cannot read", "directory"],
-    );
+    assert_names_file(&message, &path, &["cannot read", "directory"]);
 }
 
 #[test]
@@ -264,139 +270,120 @@ fn syntax_error_names_file_line_and_column() {
 
 #[test]
 fn unknown_key_in_a_file_names_file_key_and_allowed_keys() {
-    let (message, path) = default_toml_error("[server]\nlistn = \"127.0.0.1:8080\"\n");
-    assert_contains_all(
-        &message,
+    assert_file_errors(&[(
+        "[server]\nlistn = \"127.0.0.1:8080\"\n",
         &[
-            &path.display().to_string(),
             "unknown key `server.listn`",
             "allowed keys in [server]: listen, request_timeout, worker_threads",
         ],
-    );
+    )]);
 }
 
 #[test]
 fn unknown_section_lists_the_sections() {
-    let (message, _) = default_toml_error("[servr]\nlisten = \"127.0.0.1:8080\"\n");
-    assert_contains_all(
-        &message,
-        &[
-            "unknown key `servr`",
-            "allowed sections: server, admin, app",
-        ],
-    );
-    let (message, _) = default_toml_error("greeting = \"hi\"\n");
-    assert_contains_all(&message, &["unknown key `greeting`", "under [app]"]);
+    assert_file_errors(&[
+        (
+            "[servr]\nlisten = \"127.0.0.1:8080\"\n",
+            &[
+                "unknown key `servr`",
+                "allowed sections: server, tls, admin, app",
+            ],
+        ),
+        (
+            "greeting = \"hi\"\n",
+            &["unknown key `greeting`", "under [app]"],
+        ),
+    ]);
 }
 
 #[test]
 fn unknown_key_from_the_environment_names_the_variable() {
-    let dir = config_dir(&[("default.toml", "")]);
-    let message = load_error(dir.path(), None, &[("BATON_SERVER__LISTN", "127.0.0.1:1")]);
-    assert_contains_all(
-        &message,
-        &[
-            "environment variable BATON_SERVER__LISTN",
-            "unknown key `server.listn`",
-            "allowed keys in [server]",
-        ],
-    );
-    let message = load_error(dir.path(), None, &[("BATON_SERVR__LISTEN", "127.0.0.1:1")]);
-    assert_contains_all(
-        &message,
-        &[
-            "environment variable BATON_SERVR__LISTEN",
-            "BATON_<SECTION>__<KEY>",
-        ],
-    );
+    assert_env_errors(&[
+        (
+            "BATON_SERVER__LISTN",
+            "127.0.0.1:1",
+            &["unknown key `server.listn`", "allowed keys in [server]"],
+        ),
+        (
+            "BATON_SERVR__LISTEN",
+            "127.0.0.1:1",
+            &["BATON_<SECTION>__<KEY>"],
+        ),
+    ]);
 }
 
 // ---- errors: values ----
 
 #[test]
 fn wrong_type_names_source_key_and_expected_type() {
-    let (message, path) = default_toml_error("[server]\nworker_threads = \"four\"\n");
-    assert_contains_all(
-        &message,
-        &[
-            &path.display().to_string(),
-            "server.worker_threads = \"four\"",
-            "expected a whole number",
-        ],
-    );
-    let (message, _) = default_toml_error("[admin]\nenabled = \"yes\"\n");
-    assert_contains_all(&message, &["admin.enabled", "expected true or false"]);
-    let (message, _) = default_toml_error("[app]\ngreeting = 5\n");
-    assert_contains_all(&message, &["app.greeting = 5", "expected a string"]);
-    let (message, _) = default_toml_error("server = 5\n");
-    assert_contains_all(&message, &["server = 5", "expected a table ([server])"]);
-    let (message, _) = default_toml_error("[log]\nformat = \"xml\"\n");
-    assert_contains_all(&message, &["log.format = \"xml\"", "\"text\" or \"json\""]);
-
-    let dir = config_dir(&[("default.toml", "")]);
-    let message = load_error(dir.path(), None, &[("BATON_ADMIN__ENABLED", "maybe")]);
-    assert_contains_all(
-        &message,
-        &[
-            "environment variable BATON_ADMIN__ENABLED",
-            "admin.enabled = \"maybe\"",
-            "expected true or false",
-        ],
-    );
+    assert_file_errors(&[
+        (
+            "[server]\nworker_threads = \"four\"\n",
+            &[
+                "server.worker_threads = \"four\"",
+                "expected a whole number",
+            ],
+        ),
+        (
+            "[admin]\nenabled = \"yes\"\n",
+            &["admin.enabled", "expected true or false"],
+        ),
+        (
+            "[app]\ngreeting = 5\n",
+            &["app.greeting = 5", "expected a string"],
+        ),
+        (
+            "server = 5\n",
+            &["server = 5", "expected a table ([server])"],
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            &["log.format = \"xml\"", "\"text\" or \"json\""],
+        ),
+    ]);
+    assert_env_errors(&[(
+        "BATON_ADMIN__ENABLED",
+        "maybe",
+        &["admin.enabled = \"maybe\"", "expected true or false"],
+    )]);
 }
 
 #[test]
 fn invalid_duration_names_key_value_and_the_form() {
-    let (message, path) = default_toml_error("[server]\nrequest_timeout = \"30 parsecs\"\n");
-    assert_contains_all(
-        &message,
-        &[
-            &path.display().to_string(),
-            "server.request_timeout = \"30 parsecs\"",
-            "use a duration like \"500ms\", \"30s\" or \"2m\"",
-        ],
-    );
-    // A bare number has no unit: still a duration error, not a type puzzle.
-    let (message, _) = default_toml_error("[lifecycle]\nlame_duck = 2\n");
-    assert_contains_all(
-        &message,
-        &["lifecycle.lame_duck = 2", "use a duration like"],
-    );
+    assert_file_errors(&[
+        (
+            "[server]\nrequest_timeout = \"30 parsecs\"\n",
+            &[
+                "server.request_timeout = \"30 parsecs\"",
+                "use a duration like \"500ms\", \"30s\" or \"2m\"",
+            ],
+        ),
+        // A bare number has no unit: still a duration error, not a type puzzle.
+        (
+            "[lifecycle]\nlame_duck = 2\n",
+            &["lifecycle.lame_duck = 2", "use a duration like"],
+        ),
+    ]);
 }
 
 #[test]
 fn invalid_address_names_key_value_and_the_form() {
-    let (message, path) = default_toml_error("[server]\nlisten = \"localhost:8080\"\n");
-    assert_contains_all(
-        &message,
+    assert_file_errors(&[(
+        "[server]\nlisten = \"localhost:8080\"\n",
         &[
-            &path.display().to_string(),
             "server.listen = \"localhost:8080\"",
             "expected IP:PORT, e.g. 127.0.0.1:8080",
         ],
-    );
-    let dir = config_dir(&[("default.toml", "")]);
-    let message = load_error(dir.path(), None, &[("BATON_ADMIN__LISTEN", "9090")]);
-    assert_contains_all(
-        &message,
-        &[
-            "environment variable BATON_ADMIN__LISTEN",
-            "expected IP:PORT",
-        ],
-    );
+    )]);
+    assert_env_errors(&[("BATON_ADMIN__LISTEN", "9090", &["expected IP:PORT"])]);
 }
 
 #[test]
 fn invalid_log_filter_names_key_and_reason() {
-    let (message, path) = default_toml_error("[log]\nfilter = \"info,[\"\n");
-    assert_contains_all(
-        &message,
-        &[
-            &path.display().to_string(),
-            "log.filter = \"info,[\"",
-            "invalid log filter",
-        ],
-    );
+    assert_file_errors(&[(
+        "[log]\nfilter = \"info,[\"\n",
+        &["log.filter = \"info,[\"", "invalid log filter"],
+    )]);
 }
 
 #[test]
@@ -451,18 +438,15 @@ fn out_of_range_values_name_key_and_allowed_range() {
             &["reload.debounce = \"2m\"", "allowed 0s to 1m"],
         ),
         (
-            "[admin]\nlisten = \"127.0.0.1:8080\"",
+            "[server]\nlisten = \"127.0.0.1:8080\"\n\
+             [admin]\nenabled = true\nlisten = \"127.0.0.1:8080\"",
             &[
                 "admin.listen = \"127.0.0.1:8080\"",
                 "same address as server.listen",
             ],
         ),
     ];
-    for (text, parts) in cases {
-        let (message, path) = default_toml_error(text);
-        assert_contains_all(&message, &[&path.display().to_string()]);
-        assert_contains_all(&message, parts);
-    }
+    assert_file_errors(cases);
 
     let long = format!("[app]\ngreeting = \"{}\"", "x".repeat(1001));
     let (message, _) = default_toml_error(&long);
@@ -482,16 +466,11 @@ fn out_of_range_values_name_key_and_allowed_range() {
 
 #[test]
 fn range_error_from_the_environment_names_the_variable() {
-    let dir = config_dir(&[("default.toml", "")]);
-    let message = load_error(dir.path(), None, &[("BATON_APP__ITEMS_LIMIT", "0")]);
-    assert_contains_all(
-        &message,
-        &[
-            "environment variable BATON_APP__ITEMS_LIMIT",
-            "app.items_limit = 0",
-            "allowed 1 to 100000",
-        ],
-    );
+    assert_env_errors(&[(
+        "BATON_APP__ITEMS_LIMIT",
+        "0",
+        &["app.items_limit = 0", "allowed 1 to 100000"],
+    )]);
 }
 
 #[test]
@@ -510,6 +489,21 @@ fn validate_without_layers_names_the_key() {
 
 // ---- upgrade-only keys ----
 
+/// The log format that is not `format`, so a test changes the key whatever the default.
+fn other_format(format: LogFormat) -> LogFormat {
+    match format {
+        LogFormat::Text => LogFormat::Json,
+        LogFormat::Json => LogFormat::Text,
+    }
+}
+
+fn format_name(format: LogFormat) -> &'static str {
+    match format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    }
+}
+
 #[test]
 fn upgrade_only_changes_lists_exactly_the_changed_upgrade_only_keys() {
     let old = Settings::default();
@@ -519,8 +513,8 @@ fn upgrade_only_changes_lists_exactly_the_changed_upgrade_only_keys() {
     new.lifecycle.lame_duck = Duration::from_secs(1);
     assert!(upgrade_only_changes(&old, &new).is_empty());
     new.server.listen = SocketAddr::from(([127, 0, 0, 1], 1));
-    new.log.format = LogFormat::Json;
-    new.reload.debounce = Duration::from_secs(1);
+    new.log.format = other_format(old.log.format);
+    new.reload.debounce = old.reload.debounce + Duration::from_millis(1);
     assert_eq!(
         upgrade_only_changes(&old, &new),
         vec!["server.listen", "log.format", "reload.debounce"]
@@ -545,8 +539,8 @@ fn store_starts_at_generation_one_with_no_reload() {
     assert_eq!(*store.current(), Settings::default());
 }
 
-#[test]
-fn reload_applies_keeps_unchanged_and_rejects_whole() {
+#[tokio::test]
+async fn reload_applies_keeps_unchanged_and_rejects_whole() {
     let dir = config_dir(&[("default.toml", "[app]\ngreeting = \"one\"\n")]);
     let store = store_over(dir.path());
     let before = store.current();
@@ -557,7 +551,7 @@ fn reload_applies_keeps_unchanged_and_rejects_whole() {
         "default.toml",
         "[app]\ngreeting = \"two\"\nitems_limit = 7\n",
     );
-    let outcome = store.reload_from(env(&[]));
+    let outcome = store.reload_from(env(&[])).await;
     assert_eq!(
         outcome,
         ReloadOutcome::Applied {
@@ -574,7 +568,7 @@ fn reload_applies_keeps_unchanged_and_rejects_whole() {
 
     // Unchanged: same layers give the same settings; nothing moves but the counters.
     let in_force = store.current();
-    let outcome = store.reload_from(env(&[]));
+    let outcome = store.reload_from(env(&[])).await;
     assert_eq!(
         outcome,
         ReloadOutcome::Unchanged {
@@ -594,7 +588,7 @@ fn reload_applies_keeps_unchanged_and_rejects_whole() {
         "default.toml",
         "[app]\ngreeting = \"three\"\nitems_limit = 0\n",
     );
-    let outcome = store.reload_from(env(&[]));
+    let outcome = store.reload_from(env(&[])).await;
     let ReloadOutcome::Rejected { error } = &outcome else {
         panic!("expected a rejection, got {outcome:?}");
     };
@@ -613,17 +607,21 @@ fn reload_applies_keeps_unchanged_and_rejects_whole() {
     assert_eq!((store.reloads_ok(), store.reloads_failed()), (2, 1));
 }
 
-#[test]
-fn reload_reads_the_environment_it_is_given() {
+#[tokio::test]
+async fn reload_reads_the_environment_it_is_given() {
     let dir = config_dir(&[("default.toml", "")]);
     let store = store_over(dir.path());
-    let outcome = store.reload_from(env(&[("BATON_APP__GREETING", "from env")]));
+    let outcome = store
+        .reload_from(env(&[("BATON_APP__GREETING", "from env")]))
+        .await;
     assert!(
         matches!(outcome, ReloadOutcome::Applied { .. }),
         "{outcome:?}"
     );
     assert_eq!(store.current().app.greeting, "from env");
-    let outcome = store.reload_from(env(&[("BATON_APP__GRETING", "typo")]));
+    let outcome = store
+        .reload_from(env(&[("BATON_APP__GRETING", "typo")]))
+        .await;
     let ReloadOutcome::Rejected { error } = outcome else {
         panic!("an unknown variable must be rejected");
     };
@@ -631,18 +629,22 @@ fn reload_reads_the_environment_it_is_given() {
     assert_eq!(store.current().app.greeting, "from env");
 }
 
-#[test]
-fn upgrade_only_keys_are_reported_not_applied() {
+#[tokio::test]
+async fn upgrade_only_keys_are_reported_not_applied() {
     let dir = config_dir(&[("default.toml", "")]);
     let store = store_over(dir.path());
+    let defaults = Settings::default();
+    let listen = SocketAddr::from(([127, 0, 0, 1], 1));
+    assert_ne!(defaults.server.listen, listen);
+    let format = format_name(other_format(defaults.log.format));
 
     // Only upgrade-only keys changed: nothing to apply, but the user is told.
     write(
         dir.path(),
         "default.toml",
-        "[server]\nlisten = \"127.0.0.1:18081\"\n[log]\nformat = \"json\"\n",
+        &format!("[server]\nlisten = \"{listen}\"\n[log]\nformat = \"{format}\"\n"),
     );
-    let outcome = store.reload_from(env(&[]));
+    let outcome = store.reload_from(env(&[])).await;
     assert_eq!(
         outcome,
         ReloadOutcome::Unchanged {
@@ -650,15 +652,22 @@ fn upgrade_only_keys_are_reported_not_applied() {
         }
     );
     assert_eq!(store.generation(), 1);
-    assert_eq!(*store.current(), Settings::default());
+    assert_eq!(*store.current(), defaults);
 
     // Mixed with a reloadable change: that one applies, the others stay as they are.
+    let request_timeout = [Duration::from_secs(5), Duration::from_secs(6)]
+        .into_iter()
+        .find(|timeout| *timeout != defaults.server.request_timeout)
+        .expect("one of two differs from the default");
     write(
         dir.path(),
         "default.toml",
-        "[server]\nlisten = \"127.0.0.1:18081\"\nrequest_timeout = \"5s\"\n",
+        &format!(
+            "[server]\nlisten = \"{listen}\"\nrequest_timeout = \"{}\"\n",
+            humantime::format_duration(request_timeout)
+        ),
     );
-    let outcome = store.reload_from(env(&[]));
+    let outcome = store.reload_from(env(&[])).await;
     assert_eq!(
         outcome,
         ReloadOutcome::Applied {
@@ -667,12 +676,12 @@ fn upgrade_only_keys_are_reported_not_applied() {
         }
     );
     let current = store.current();
-    assert_eq!(current.server.request_timeout, Duration::from_secs(5));
-    assert_eq!(current.server.listen, Settings::default().server.listen);
+    assert_eq!(current.server.request_timeout, request_timeout);
+    assert_eq!(current.server.listen, defaults.server.listen);
 }
 
-#[test]
-fn concurrent_reloads_are_each_counted_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reloads_are_each_counted_once() {
     const THREADS: u64 = 4;
     const RELOADS: u64 = 5;
     let dir = config_dir(&[("default.toml", "[app]\ngreeting = \"a\"\n")]);
@@ -681,17 +690,19 @@ fn concurrent_reloads_are_each_counted_once() {
     let handles: Vec<_> = (0..THREADS)
         .map(|_| {
             let store = Arc::clone(&store);
-            std::thread::spawn(move || {
-                (0..RELOADS)
-                    .map(|_| store.reload_from(Vec::new()))
-                    .collect::<Vec<_>>()
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for _ in 0..RELOADS {
+                    outcomes.push(store.reload_from(Vec::new()).await);
+                }
+                outcomes
             })
         })
         .collect();
-    let outcomes: Vec<ReloadOutcome> = handles
-        .into_iter()
-        .flat_map(|handle| handle.join().expect("reload thread finished"))
-        .collect();
+    let mut outcomes: Vec<ReloadOutcome> = Vec::new();
+    for handle in handles {
+        outcomes.extend(handle.await.expect("reload task finished"));
+    }
     let applied = outcomes
         .iter()
         .filter(|outcome| matches!(outcome, ReloadOutcome::Applied { .. }))
@@ -753,13 +764,15 @@ fn telemetry_init_twice_is_an_error() {
     let log = baton::settings::Log {
         filter: "off".to_owned(),
         format: LogFormat::Text,
+        access: false,
+        otlp_endpoint: String::new(),
     };
-    let telemetry = baton::telemetry::init(&log).expect("first init installs the subscriber");
+    let telemetry = baton::telemetry::init(&log, 1).expect("first init installs the subscriber");
     telemetry
         .set_filter("warn")
         .expect("a valid filter applies");
     assert!(telemetry.set_filter("warn,[").is_err());
-    let again = baton::telemetry::init(&log);
+    let again = baton::telemetry::init(&log, 1);
     assert!(again.is_err(), "a second init must fail, not panic");
     telemetry.set_filter("off").expect("a valid filter applies");
 }

@@ -1,44 +1,22 @@
 //! Binary upgrade of the real binary (issue 3): `bin/baton serve` in a temporary deployment
 //! directory, upgraded under load by `baton upgrade`, `scripts/restart.sh` and raw SIGUSR2,
-//! with good and broken "builds" installed at `bin/baton`. The harness is in `common/mod.rs`.
+//! with good and broken "builds" installed at `bin/baton`. The harness is in `support/`.
 
-mod common;
+mod support;
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
-use common::{
-    BATON, Config, DEADLINE, Fds, InFlight, Server, children_of, eventually, exited, free_port,
-    holds_connection, parse_upgraded, wait_for, wait_until, zombie_children,
-};
-use loadgen::{Load, LoadConfig, Mode, Report};
+use loadgen::Mode;
 use nix::sys::signal::Signal;
-
-/// Starts `connections` workers of `mode` load on `GET /` and waits until requests flow.
-fn start_load(server: &Server, mode: Mode, connections: usize) -> Load {
-    let load = loadgen::start(LoadConfig {
-        connections,
-        mode,
-        max_duration: Duration::from_secs(180),
-        request_timeout: Duration::from_secs(10),
-        ..LoadConfig::new(server.http)
-    });
-    wait_until(DEADLINE, "the load to get going", || {
-        load.snapshot().ok >= 200
-    });
-    load
-}
-
-async fn stop_load(load: Load) -> Report {
-    let report = tokio::time::timeout(DEADLINE, load.stop())
-        .await
-        .expect("the load to stop");
-    eprintln!("{report}");
-    report
-}
+use support::{
+    BATON, Config, DEADLINE, Fds, Server, children_of, eventually, exited, free_port,
+    parse_upgraded, start_load, stop_load, wait_for, wait_until, zombie_children,
+};
 
 /// The generation the pid file names, once it serves `GET /` (right after `baton upgrade`
 /// returns, the old generation may still take a connection or two before it stops accepting).
@@ -57,20 +35,17 @@ fn wait_generation(server: &Server, pid: u32, generation: u64) {
 // Upgrades under load
 // ---------------------------------------------------------------------------------------------
 
-/// Ten `baton upgrade`s in a row under `mode` load, each with a 2 s request in flight on the
-/// generation it replaces.
+/// Ten `baton upgrade`s in a row under `mode` load, each with an 8 s request in flight on the
+/// generation it replaces. The request must outlast the upgrade, or it would end before the
+/// drain and prove nothing: with 2 s, upgrades that took 2.5 s on a loaded machine (the CLI's
+/// pre-check included) made it fail.
 async fn ten_upgrades_under_load(mode: Mode) {
     let server = Server::start(&Config::default());
-    let load = start_load(&server, mode, 16);
+    let load = start_load(server.http, mode, 16);
     let version = server.hello().version;
     for generation in 1..=10 {
         let old = server.current_pid();
-        let slow = InFlight::start(server.http, "/api/slow?ms=2000");
-        wait_until(
-            DEADLINE,
-            "the old generation to accept the slow request",
-            || holds_connection(old, slow.client),
-        );
+        let slow = server.in_flight(old, "/api/slow?ms=8000");
 
         let out = server.run_cli(&["upgrade"]);
         assert_eq!(out.code, Some(0), "upgrade {generation}:\n{out}");
@@ -87,7 +62,7 @@ async fn ten_upgrades_under_load(mode: Mode) {
         let (response, took) = slow.finish();
         let response = response.expect("the slow request survives the upgrade");
         assert_eq!(response.status, 200, "{response:?}");
-        assert!(took >= Duration::from_millis(1900), "{took:?}");
+        assert!(took >= Duration::from_millis(7900), "{took:?}");
         assert!(response.closes(), "served during the drain: {response:?}");
         server.wait_gone(old);
         assert_eq!(
@@ -160,7 +135,7 @@ impl Broken {
             Broken::Hangs => server.install_script("exec sleep 600"),
             Broken::Missing => server.remove_binary(),
             Broken::NotExecutable => server.install_file(
-                &std::fs::read_to_string(common::script("reload.sh")).expect("a text file"),
+                &std::fs::read_to_string(support::script("reload.sh")).expect("a text file"),
                 0o644,
             ),
             Broken::InvalidConfig => {
@@ -216,10 +191,10 @@ impl Broken {
             Broken::ExitsOne => "check` failed (exit status 1) without a message".into(),
             Broken::Crashes => "check` failed (killed by SIGSEGV) without a message".into(),
             Broken::Hangs => "check` did not finish within".into(),
-            Broken::Missing => "does not exist".into(),
-            Broken::NotExecutable => "is not executable".into(),
-            Broken::InvalidConfig => format!("TOML syntax error at line {}", self.broken_line()),
-            Broken::PortTaken => "the address is already in use".into(),
+            // Found before anything runs, or by `check` with the same words as the server.
+            Broken::Missing | Broken::NotExecutable | Broken::InvalidConfig | Broken::PortTaken => {
+                self.server_reason()
+            }
         }
     }
 
@@ -245,14 +220,17 @@ const FAILED_UPGRADES: &str = "baton_upgrades_total{result=\"failed\"}";
 async fn failed_upgrade_changes_nothing(case: Broken, via_cli: bool) {
     let server = Server::start(&case.config());
     let pid = server.first_pid();
-    let load = start_load(&server, Mode::KeepAlive, 8);
+    let load = start_load(server.http, Mode::KeepAlive, 8);
     let fds_before = Fds::of(pid).expect("the server's fds").profile();
     let breakage = case.apply(&server);
 
     if via_cli {
-        // `baton upgrade` of the good build: its pre-check runs `bin/baton check`, the bad one,
-        // for 30 s at most.
-        let out = server.run_baton_within(&["upgrade"], Duration::from_secs(45));
+        // `baton upgrade --binary bin/baton` run by the good build: its pre-check runs
+        // `bin/baton check`, the bad one, for 30 s at most.
+        let out = server.run_baton_within(
+            &["upgrade", "--binary", "bin/baton"],
+            Duration::from_secs(45),
+        );
         eprintln!("{case:?}: baton upgrade:\n{out}");
         assert_eq!(out.code, Some(1), "{case:?}: baton upgrade:\n{out}");
         assert!(
@@ -336,46 +314,62 @@ async fn failed_upgrade_changes_nothing(case: Broken, via_cli: bool) {
     assert_eq!(report.failed(), 0, "{case:?}: {report}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_binary_exits_1() {
-    failed_upgrade_changes_nothing(Broken::ExitsOne, true).await;
+/// One test per case, so that they run in parallel and a failure names its case.
+macro_rules! failed_upgrade_tests {
+    ($($(#[$doc:meta])* $name:ident: $case:expr, via_cli: $via_cli:expr;)*) => {$(
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            failed_upgrade_changes_nothing($case, $via_cli).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_binary_crashes_after_getting_the_sockets() {
-    failed_upgrade_changes_nothing(Broken::Crashes, true).await;
+failed_upgrade_tests! {
+    failed_upgrade_binary_exits_1: Broken::ExitsOne, via_cli: true;
+    failed_upgrade_binary_crashes_after_getting_the_sockets: Broken::Crashes, via_cli: true;
+    failed_upgrade_binary_hangs_past_ready_timeout: Broken::Hangs, via_cli: false;
+    /// The clients give up on a build that hangs: `baton upgrade` after its 30 s pre-check
+    /// bound, restart.sh after BATON_STATUS_TIMEOUT (10 s in the harness).
+    failed_upgrade_binary_hangs_cli_and_restart_sh_give_up: Broken::Hangs, via_cli: true;
+    failed_upgrade_binary_missing: Broken::Missing, via_cli: true;
+    failed_upgrade_binary_not_executable: Broken::NotExecutable, via_cli: true;
+    failed_upgrade_invalid_config_names_the_line: Broken::InvalidConfig, via_cli: true;
+    failed_upgrade_new_port_taken: Broken::PortTaken, via_cli: true;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_binary_hangs_past_ready_timeout() {
-    failed_upgrade_changes_nothing(Broken::Hangs, false).await;
-}
-
-/// The clients give up on a build that hangs: `baton upgrade` after its 30 s pre-check bound,
-/// restart.sh after BATON_STATUS_TIMEOUT (10 s in the harness).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_binary_hangs_cli_and_restart_sh_give_up() {
-    failed_upgrade_changes_nothing(Broken::Hangs, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_binary_missing() {
-    failed_upgrade_changes_nothing(Broken::Missing, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_binary_not_executable() {
-    failed_upgrade_changes_nothing(Broken::NotExecutable, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_invalid_config_names_the_line() {
-    failed_upgrade_changes_nothing(Broken::InvalidConfig, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_upgrade_new_port_taken() {
-    failed_upgrade_changes_nothing(Broken::PortTaken, true).await;
+/// `/-/status` shows where the serving generation came from (issue 13's lineage): the
+/// generation it replaced, how long the upgrade took to spawn it and to hear it was ready, and
+/// that generation's drain, which the old process hands over once it has drained.
+#[test]
+fn status_shows_the_previous_generation_with_the_upgrade_times_and_its_drain() {
+    let server = Server::start(&Config {
+        probation: "300ms".into(),
+        ..Config::default()
+    });
+    assert!(
+        server.status()["previous"].is_null(),
+        "a first generation has none"
+    );
+    let (old, new) = server.upgrade();
+    server.wait_gone(old);
+    let previous = wait_for(DEADLINE, "the lineage in /-/status", || {
+        let previous = server.status()["previous"].clone();
+        (!previous.is_null()).then_some(previous)
+    });
+    assert_eq!(server.status()["pid"], new);
+    assert_eq!(previous["pid"], old, "{previous}");
+    assert_eq!(previous["generation"], 1, "{previous}");
+    let spawned = previous["spawned_ms"].as_f64().expect("spawned_ms");
+    let ready = previous["ready_ms"].as_f64().expect("ready_ms");
+    assert!(0.0 < spawned && spawned <= ready, "{previous}");
+    assert!(
+        ready < DEADLINE.as_secs_f64() * 1000.0,
+        "ready within the test's deadline: {previous}"
+    );
+    let drain = &previous["drain"];
+    assert!(drain["total_ms"].is_u64(), "{previous}");
+    assert_eq!(drain["cut"], 0, "{previous}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,17 +397,12 @@ fn a_burst_of_sigusr2_gives_exactly_one_upgrade() {
 }
 
 #[test]
-fn sigusr2_is_refused_while_draining_and_while_the_parent_drains() {
+fn sigusr2_is_refused_while_draining_and_a_draining_parent_does_not_block_the_next_upgrade() {
     let server = Server::start(&Config::default());
     let old = server.first_pid();
-    // The slow request keeps the old generation draining for 4 s.
-    let slow = InFlight::start(server.http, "/api/slow?ms=4000");
-    wait_until(DEADLINE, "the server to accept the slow request", || {
-        holds_connection(old, slow.client)
-    });
+    // The slow request keeps the old generation draining for 6 s, past its probation.
+    let slow = server.in_flight(old, "/api/slow?ms=6000");
     let (_, new) = server.upgrade();
-    // `baton upgrade` returns once the new process claimed the pid file, which it does just
-    // before it tells the old one it is ready: the old one may not have begun to drain yet.
     wait_until(DEADLINE, "the old generation to begin its drain", || {
         server.log().contains("draining: stopped accepting")
     });
@@ -426,28 +415,24 @@ fn sigusr2_is_refused_while_draining_and_while_the_parent_drains() {
             .lines()
             .any(|l| l.contains("upgrade refused") && l.contains("this process is draining"))
     });
-    // The new generation refuses while its parent drains: two upgrades never overlap.
-    let out = server.run_cli(&["upgrade"]);
+    // The new generation does not wait for its parent's long drain: it upgrades at once.
+    let (from, newest) = server.upgrade();
+    assert_eq!(from, new);
     assert!(
         !server.gone(old),
-        "still draining: the refusal below is the one meant"
+        "the first generation still drains its slow request meanwhile"
     );
-    assert_eq!(out.code, Some(1), "{out}");
-    assert!(
-        out.stderr.contains("upgrade refused") && out.stderr.contains("still draining"),
-        "{out}"
-    );
+    wait_generation(&server, newest, 3);
 
     let (response, _) = slow.finish();
     assert_eq!(response.expect("the slow request").status, 200);
     server.wait_gone(old);
+    server.wait_gone(new);
     assert_eq!(
         server.processes_here(),
-        [new],
+        [newest],
         "the refused signal started nothing"
     );
-    let (_, newest) = server.upgrade();
-    wait_generation(&server, newest, 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -473,12 +458,27 @@ fn twenty_upgrades_leak_no_file_descriptor() {
     assert_eq!(server.status()["generation"], 21);
     let now = idle_fds(pid);
 
+    // The SQLite files are open once per pooled connection, and how many connections an idle
+    // pool keeps depends on how many reads ever overlapped (a loaded machine makes more): those
+    // are bounded by the pool, not compared.
+    let data = server.root().join("data").join("baton.db");
+    let (now_profile, now_db) = split_database_fds(&now, &data);
+    let (fresh_profile, fresh_db) = split_database_fds(&fresh, &data);
     assert_eq!(
-        now.profile(),
-        fresh.profile(),
+        now_profile, fresh_profile,
         "generation 21 has what a fresh server has open"
     );
-    assert_eq!(now.count(), fresh.count(), "{now:#?}\nfresh: {fresh:#?}");
+    assert_eq!(
+        now.count() - now_db,
+        fresh.count() - fresh_db,
+        "{now:#?}\nfresh: {fresh:#?}"
+    );
+    // Per connection, the database and its log; the read pool and SQLite's one writer at most.
+    let most = 2 * (Config::default().database_pool_size as usize + 1);
+    assert!(
+        (1..=most).contains(&now_db) && (1..=most).contains(&fresh_db),
+        "SQLite fds beyond the pool: {now_db} now, {fresh_db} fresh; {now:#?}"
+    );
     let mut listeners = vec![server.http, server.admin.expect("admin on")];
     listeners.sort_unstable();
     assert_eq!(
@@ -491,6 +491,18 @@ fn twenty_upgrades_leak_no_file_descriptor() {
     // by an upgrade (a readiness pipe, say).
     assert_eq!(now.pipes(), 0, "{now:#?}");
     assert_eq!(server.processes_here(), [pid]);
+}
+
+/// The fd profile without the SQLite database's own files (`baton.db`, `-wal`; the `-shm` map is
+/// one per process and stays in the profile), and how many fds those were.
+fn split_database_fds(fds: &Fds, database: &Path) -> (BTreeMap<String, usize>, usize) {
+    let pooled = [
+        format!("file {}", database.display()),
+        format!("file {}-wal", database.display()),
+    ];
+    let mut profile = fds.profile();
+    let count = pooled.iter().filter_map(|key| profile.remove(key)).sum();
+    (profile, count)
 }
 
 /// What `/proc/<pid>/fd/<fd>` points at, e.g. `pipe:[123]`.
@@ -561,11 +573,8 @@ fn no_fd_but_the_listening_sockets_crosses_an_upgrade() {
 async fn the_new_generation_serves_on_when_the_old_one_is_killed_during_its_drain() {
     let server = Server::start(&Config::default());
     let old = server.first_pid();
-    let load = start_load(&server, Mode::KeepAlive, 8);
-    let slow = InFlight::start(server.http, "/api/slow?ms=20000");
-    wait_until(DEADLINE, "the server to accept the slow request", || {
-        holds_connection(old, slow.client)
-    });
+    let load = start_load(server.http, Mode::KeepAlive, 8);
+    let slow = server.in_flight(old, "/api/slow?ms=20000");
     let (_, new) = server.upgrade();
     // The load has moved once the old process holds nothing but the slow request.
     wait_until(DEADLINE, "the load to leave the old generation", || {
@@ -603,9 +612,9 @@ fn an_upgrade_to_a_new_listen_address_moves_the_service() {
     let record = server.record().expect("the state file");
     assert_eq!(record.pid, new);
     assert_eq!(record.listener("http"), Some(new_addr));
-    let hello = loadgen::get_blocking(new_addr, "/", common::REQUEST_TIMEOUT)
+    let hello = loadgen::get_blocking(new_addr, "/", support::REQUEST_TIMEOUT)
         .expect("the new address answers");
-    assert_eq!(common::Hello::parse(&hello.body).generation, 2);
+    assert_eq!(support::Hello::parse(&hello.body).generation, 2);
 
     server.wait_gone(old);
     let refused = std::net::TcpStream::connect(old_addr);

@@ -216,6 +216,8 @@ pub(crate) struct ModeFigures {
     pub(crate) reload: Option<Spread>,
     /// SIGUSR2 to the exit of the old generation.
     pub(crate) old_exit: Option<Spread>,
+    /// Throughput and p99 per 100 ms, with the events: what `--plot` draws.
+    pub(crate) timeline: crate::plot::Timeline,
 }
 
 impl ModeFigures {

@@ -1,7 +1,7 @@
 //! baton's upgrade-and-reload benchmark.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--short] [--json PATH] [options]
+//! cargo run --release --example bench -- [--short] [--json PATH] [--plot FILE] [options]
 //! ```
 //!
 //! Run through `cargo run`, it first builds the release `baton` binary and the `bare_axum`
@@ -24,13 +24,17 @@
 //! - `probe`: single requests that see which process answers with which greeting.
 //! - `scenario`: one mode's timeline, and the paired rounds against bare axum.
 //! - `figures`: the figures, the table, the JSON.
+//! - `plot`: the SVG timeline of each mode (`--plot`).
 //! - `procfs`: `/proc` (memory, fds, liveness), signals by verified pid, reaping, the machine.
 
 mod figures;
 mod options;
+mod plot;
 mod probe;
 mod procfs;
 mod scenario;
+#[path = "../common/serve.rs"]
+mod serve;
 mod server;
 
 use std::io::Write;
@@ -106,6 +110,13 @@ fn report(options: &Options, figures: &RunFigures) -> ExitCode {
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(path, json));
         if let Err(err) = written {
+            eprintln!("bench: cannot write {}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = &options.plot {
+        let timelines: Vec<_> = figures.modes.iter().map(|m| m.timeline.clone()).collect();
+        if let Err(err) = plot::write(path, &timelines) {
             eprintln!("bench: cannot write {}: {err}", path.display());
             return ExitCode::FAILURE;
         }

@@ -48,6 +48,10 @@ pub(crate) struct Options {
     /// Also write every figure, and every single handover and reload time, as JSON.
     #[arg(long, value_name = "PATH")]
     pub(crate) json: Option<PathBuf>,
+    /// Also draw each mode's throughput and p99 latency per 100 ms, with the upgrades and
+    /// reloads marked, as one SVG (see `plot`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plot: Option<PathBuf>,
     /// Duration of each long request in the `slow` mode (`/api/slow?ms=N`).
     #[arg(long, default_value_t = 500)]
     pub(crate) slow_ms: u64,
@@ -56,7 +60,8 @@ pub(crate) struct Options {
     pub(crate) slow_connections: usize,
     /// The baton binary [default: `baton` next to this program's `examples/` directory, i.e.
     /// target/release/baton].
-    #[arg(long, value_name = "PATH")]
+    // The flag is spelt out so that it stays the binary's name after scripts/rename.sh.
+    #[arg(long = "baton", value_name = "PATH")]
     pub(crate) baton: Option<PathBuf>,
     /// The baseline binary [default: `bare_axum` next to this program].
     #[arg(long, value_name = "PATH")]

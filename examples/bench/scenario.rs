@@ -22,6 +22,7 @@ use crate::figures::{
     Comparison, Latency, ModeFigures, Round, RunStats, Spread, Stall, failures_by_kind,
 };
 use crate::options::{ModeName, ModePlan, UPGRADE_WINDOW, WARMUP};
+use crate::plot::Timeline;
 use crate::probe::Probes;
 use crate::server::{Bare, Baton};
 
@@ -171,6 +172,12 @@ pub(crate) fn run_mode(
         handover: Spread::of(&events.handovers),
         reload: Spread::of(&events.reloads),
         old_exit: Spread::of(&events.old_exits),
+        timeline: Timeline::of(
+            plan.name.as_str(),
+            &report,
+            &events.upgrade_windows,
+            &events.reload_moments,
+        ),
     })
 }
 
@@ -180,6 +187,8 @@ struct Events {
     handovers: Vec<Duration>,
     old_exits: Vec<Duration>,
     reloads: Vec<Duration>,
+    /// When each SIGUSR1 was sent, from the start of the load (for the plot).
+    reload_moments: Vec<Duration>,
     upgrade_windows: Vec<Range<Duration>>,
 }
 
@@ -198,6 +207,7 @@ fn run_events(
         let slot = plan.events / plan.reloads.max(1);
         for i in 0..plan.reloads {
             sleep_until(phase_start + slot * i);
+            events.reload_moments.push(started.elapsed());
             events.reloads.push(baton.reload(probes)?);
         }
         sleep_until(phase_start + plan.events);
@@ -228,6 +238,7 @@ fn run_events(
         // The first `reloads % upgrades` slots take one more, so the total is exact.
         let share = plan.reloads / plan.upgrades + u32::from(i < plan.reloads % plan.upgrades);
         for _ in 0..share {
+            events.reload_moments.push(started.elapsed());
             events.reloads.push(baton.reload(probes)?);
         }
     }

@@ -2,7 +2,6 @@
 //! signal) and the bare axum baseline. Every process either is stopped by `stop` or killed
 //! when its guard drops.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,21 +74,7 @@ impl Baton {
         let config = dir.join("config").join("default.toml");
         std::fs::create_dir_all(dir.join("config"))?;
         write_config(&config, &greeting(0))?;
-        let log = File::create(dir.join("baton.log"))?;
-        let mut command = Command::new(program);
-        command
-            .arg("serve")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // A stray BATON_* variable in the caller's environment would change the settings (or,
-        // as an unknown key, stop baton from starting).
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("BATON_") {
-                command.env_remove(name);
-            }
-        }
+        let mut command = crate::serve::serve_command(program, dir)?;
         let mut child = command.spawn().map_err(|source| BenchError::Spawn {
             program: program.to_owned(),
             source,

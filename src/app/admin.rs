@@ -1,22 +1,26 @@
 //! The admin endpoints: `GET /-/status` (JSON, for people and monitoring; `baton status` reads the
 //! state file instead, so it works with the admin listener off) and
-//! `GET /metrics` (Prometheus text format 0.0.4).
-
-use std::fmt::Write as _;
-use std::time::UNIX_EPOCH;
+//! `GET /metrics` (Prometheus text format 0.0.4, from the registry in `metrics`). With
+//! `admin.token` set, every admin request must carry it ([`authorize`]).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::error::AppError;
+use super::extract::bearer_matches;
+use super::metrics::CONTENT_TYPE;
 use super::state::AppState;
-use crate::lifecycle::{ListenerInfo, Phase, UpgradeRecord};
-use crate::settings::{ReloadOutcome, ReloadRecord};
-
-/// The Prometheus text exposition format, version 0.0.4.
-const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+use crate::database::DbStatus;
+use crate::lifecycle::{
+    DrainRecord, DrainingRecord, ListenerInfo, Phase, Predecessor, UpgradeRecord,
+    draining_generations,
+};
+use crate::settings::ReloadRecord;
+use crate::tls::Summary;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Status {
@@ -31,9 +35,36 @@ pub(crate) struct Status {
     last_reload: Option<ReloadRecord>,
     reloads: Counts,
     last_upgrade: Option<UpgradeRecord>,
-    upgrades: Counts,
+    /// This process's own attempts; `baton_upgrades_total` counts since the first generation.
+    upgrades: UpgradeCounts,
+    /// This process's last drain; one that is over shows in the next generation's `/metrics`.
+    last_drain: Option<DrainRecord>,
     listeners: Vec<ListenerInfo>,
     open_connections: usize,
+    /// WebSockets and event streams in progress.
+    open_long_lived: usize,
+    /// The generations still draining (this one too, if it is), oldest first.
+    draining: Vec<DrainingRecord>,
+    /// The generation this one replaced, once it drained: the upgrade's times and its drain.
+    previous: Option<Predecessor>,
+    database: DbStatus,
+    /// `null` when the public listener speaks plain HTTP.
+    tls: Option<TlsStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct TlsStatus {
+    certificate: Summary,
+    handshakes: Handshakes,
+}
+
+/// TLS handshakes on the public listener since this process started.
+#[derive(Debug, Serialize)]
+struct Handshakes {
+    full: u64,
+    resumed: u64,
+    /// By reason: timeout, closed, alert, incompatible, protocol, other.
+    failed: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,9 +73,36 @@ struct Counts {
     failed: u64,
 }
 
+#[derive(Debug, Serialize)]
+struct UpgradeCounts {
+    ok: u64,
+    failed: u64,
+    /// Handed over, then taken back because the new generation died during its probation.
+    rolled_back: u64,
+    refused: u64,
+}
+
+/// Lets a request through when `admin.token` is unset or the request carries it. Read per
+/// request, so a reload that sets or rotates the token applies at once.
+pub(crate) async fn authorize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let settings = state.settings().current();
+    match &settings.admin.token {
+        Some(token) if !bearer_matches(request.headers(), token.expose()) => {
+            AppError::AdminUnauthorized.into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 pub(crate) async fn status(State(state): State<AppState>) -> Json<Status> {
     let process = state.process();
     let store = state.settings();
+    // A few small files next to the pid file: no need to leave the runtime's thread for it.
+    let draining = draining_generations(&store.current().lifecycle.pid_file);
     let started_at = process.started_at();
     Json(Status {
         version: process.version(),
@@ -61,159 +119,41 @@ pub(crate) async fn status(State(state): State<AppState>) -> Json<Status> {
             failed: store.reloads_failed(),
         },
         last_upgrade: process.last_upgrade(),
-        upgrades: Counts {
+        upgrades: UpgradeCounts {
             ok: process.upgrades_ok(),
             failed: process.upgrades_failed(),
+            rolled_back: process.upgrades_rolled_back(),
+            refused: process.upgrades_refused(),
         },
+        last_drain: process.last_drain(),
         listeners: process.listeners(),
         open_connections: process.open_connections(),
+        open_long_lived: process.open_long_lived(),
+        draining,
+        previous: process.predecessor(),
+        database: state.db().status(),
+        tls: state.tls().map(|tls| {
+            let counts = tls.handshakes();
+            TlsStatus {
+                certificate: tls.certificate(),
+                handshakes: Handshakes {
+                    full: counts.full(),
+                    resumed: counts.resumed(),
+                    failed: counts
+                        .failed()
+                        .into_iter()
+                        .map(|(failure, n)| (failure.label(), n))
+                        .collect(),
+                },
+            }
+        }),
     })
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = render_metrics(&state).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
-    );
+    let mut response = state.metrics().render().into_response();
     response
-}
-
-fn render_metrics(state: &AppState) -> String {
-    let process = state.process();
-    let store = state.settings();
-    // Healthy until a reload is rejected: a fresh process has nothing to alert on.
-    let last_reload_ok = match store.last_reload().map(|record| record.outcome) {
-        Some(ReloadOutcome::Rejected { .. }) => 0,
-        Some(ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged { .. }) | None => 1,
-    };
-    let start_time = process
-        .started_at()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-
-    let mut out = Metrics::default();
-    out.family(
-        "baton_requests_total",
-        "counter",
-        "Responses sent by the public listener, by status class.",
-    );
-    for (class, count) in state.requests().snapshot() {
-        out.sample("baton_requests_total", &[("class", class)], count);
-    }
-    out.family(
-        "baton_reloads_total",
-        "counter",
-        "Configuration reloads, by result (unchanged counts as ok).",
-    );
-    out.sample(
-        "baton_reloads_total",
-        &[("result", "ok")],
-        store.reloads_ok(),
-    );
-    out.sample(
-        "baton_reloads_total",
-        &[("result", "failed")],
-        store.reloads_failed(),
-    );
-    out.family(
-        "baton_last_reload_success",
-        "gauge",
-        "1 if the last reload was applied or unchanged (or none happened yet), 0 if it was rejected.",
-    );
-    out.sample("baton_last_reload_success", &[], last_reload_ok);
-    out.family(
-        "baton_config_generation",
-        "gauge",
-        "Configuration generation in force: 1 at start, +1 per applied reload.",
-    );
-    out.sample("baton_config_generation", &[], store.generation());
-    out.family(
-        "baton_generation",
-        "gauge",
-        "Binary generation of this process: 1 at a fresh start, +1 per upgrade.",
-    );
-    out.sample("baton_generation", &[], process.generation());
-    out.family(
-        "baton_upgrades_total",
-        "counter",
-        "Binary upgrades started by this process, by result.",
-    );
-    out.sample(
-        "baton_upgrades_total",
-        &[("result", "ok")],
-        process.upgrades_ok(),
-    );
-    out.sample(
-        "baton_upgrades_total",
-        &[("result", "failed")],
-        process.upgrades_failed(),
-    );
-    out.family(
-        "baton_open_connections",
-        "gauge",
-        "Connections open on the public and admin listeners.",
-    );
-    out.sample("baton_open_connections", &[], process.open_connections());
-    out.family(
-        "baton_start_time_seconds",
-        "gauge",
-        "Start time of this process, in seconds since the Unix epoch.",
-    );
-    out.sample("baton_start_time_seconds", &[], format!("{start_time:.3}"));
-    out.family(
-        "baton_build_info",
-        "gauge",
-        "Always 1; the version label identifies the build.",
-    );
-    out.sample("baton_build_info", &[("version", process.version())], 1);
-    out.text
-}
-
-/// A Prometheus text writer: just enough of the format for the samples above.
-#[derive(Default)]
-struct Metrics {
-    text: String,
-}
-
-impl Metrics {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        // Writing to a `String` cannot fail.
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (label, label_value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{label}=\"{}\"", escape_label(label_value));
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
-    }
-}
-
-/// Label values escape backslash, double quote and newline (exposition format 0.0.4).
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::escape_label;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape_label("x\ny"), r"x\ny");
-    }
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
 }

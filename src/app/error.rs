@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::database::DbError;
+
 /// Everything a request can fail with. Messages are lowercase, say what is wrong and, where
 /// the client can fix it, how.
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +20,19 @@ pub enum AppError {
     /// The item or route does not exist (404).
     #[error("{0}")]
     NotFound(String),
-    /// The request conflicts with the current state, e.g. a full store (409).
+    /// The request conflicts with the current state, e.g. a name already taken (409).
     #[error("{0}")]
     Conflict(String),
+    /// A dependency (the database) is unreachable or overloaded; retrying later may work
+    /// (503 with `Retry-After`). The detail is logged, the client sees this message.
+    #[error("the service is temporarily unavailable; retry later")]
+    Unavailable(String),
     /// The API key is required and missing or wrong (401).
     #[error("missing or wrong api key: send `Authorization: Bearer <app.api_key>`")]
     Unauthorized,
+    /// The admin token is set and the admin request did not carry it (401).
+    #[error("missing or wrong admin token: send `Authorization: Bearer <admin.token>`")]
+    AdminUnauthorized,
     /// The handler did not finish within `server.request_timeout` (503).
     #[error("request timed out")]
     Timeout,
@@ -51,7 +60,8 @@ impl AppError {
             AppError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unauthorized | AppError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             AppError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Json(rejection) => rejection.status(),
             AppError::Query(rejection) => rejection.status(),
@@ -74,6 +84,12 @@ impl IntoResponse for AppError {
                 tracing::error!(error = %detail, "internal error while serving a request");
                 "internal error".to_owned()
             }
+            AppError::Unavailable(detail) => {
+                // Debug only: during an outage every request would log one line. The outage
+                // itself is logged once (the database's health check) and counted on /metrics.
+                tracing::debug!(error = %detail, "request refused: a dependency is unavailable");
+                self.to_string()
+            }
             // axum's rejections carry a client-facing text (e.g. "Failed to parse the request
             // body as JSON: ... at line 1 column 9"), which is what the client needs to fix it.
             AppError::Json(rejection) => rejection.body_text(),
@@ -82,12 +98,34 @@ impl IntoResponse for AppError {
             other => other.to_string(),
         };
         let mut response = (status, Json(ErrorBody { error: &message })).into_response();
-        if matches!(self, AppError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            AppError::Unauthorized | AppError::AdminUnauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AppError::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
+    }
+}
+
+/// Database errors a handler did not handle itself: a unique key taken is the client's
+/// conflict, an unreachable or overloaded database is worth a retry, anything else is a bug.
+impl From<DbError> for AppError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::UniqueViolation(_) => {
+                AppError::Conflict("conflicts with an existing record".to_owned())
+            }
+            error if error.is_transient() => AppError::Unavailable(error.to_string()),
+            error => AppError::internal(error),
+        }
     }
 }
 
@@ -118,8 +156,31 @@ mod tests {
 
     #[tokio::test]
     async fn client_errors_show_their_message() {
-        let (status, body) = body_of(AppError::Conflict("store is full".to_owned())).await;
+        let (status, body) = body_of(AppError::Conflict("name taken".to_owned())).await;
         assert_eq!(status, StatusCode::CONFLICT);
-        assert_eq!(body, serde_json::json!({ "error": "store is full" }));
+        assert_eq!(body, serde_json::json!({ "error": "name taken" }));
+    }
+
+    #[tokio::test]
+    async fn database_errors_map_to_conflict_unavailable_or_internal() {
+        let unique = AppError::from(DbError::UniqueViolation("items_name_key".into()));
+        assert_eq!(unique.status(), StatusCode::CONFLICT);
+        let timeout = AppError::from(DbError::PoolTimedOut);
+        assert_eq!(timeout.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = timeout.into_response();
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let (_, body) = body_of(AppError::from(DbError::Busy("database is locked".into()))).await;
+        assert!(
+            !body.to_string().contains("locked"),
+            "detail hidden: {body}"
+        );
+        let bug = AppError::from(DbError::Query(sqlx::Error::RowNotFound));
+        assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
@@ -75,15 +76,20 @@ impl FromRequestParts<AppState> for Authorized {
         let Some(key) = &settings.app.api_key else {
             return Ok(Authorized);
         };
-        let presented = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-        match presented {
-            Some(token) if constant_time_eq(token, key.expose().as_bytes()) => Ok(Authorized),
-            _ => Err(AppError::Unauthorized),
+        if bearer_matches(&parts.headers, key.expose()) {
+            Ok(Authorized)
+        } else {
+            Err(AppError::Unauthorized)
         }
     }
+}
+
+/// Whether the request sent `Authorization: Bearer <secret>`.
+pub(crate) fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|token| constant_time_eq(token, secret.as_bytes()))
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guessed

@@ -3,7 +3,6 @@
 //! deadline for the outcome it records in its state file.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -12,13 +11,15 @@ use nix::unistd::Pid;
 use super::pidfile::{self, PidFileError, proc_stat, state_path};
 use super::record::{ReloadSummary, ServerRecord, SupervisorRecord};
 use super::supervisor_path;
+use super::trust::{self, NotOurs};
 
 /// How often a client looks at the state file while it waits.
 const POLL: Duration = Duration::from_millis(20);
 /// During a handover the pid file names the new process a moment before its state file does.
 const HANDOVER_GRACE: Duration = Duration::from_secs(2);
-/// `baton check` reads a few small files; far longer means the new build is broken.
-const PRECHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The standby's probation starts when it reads "ready", a little after the new process
+/// recorded it; a death in that gap is still rolled back, so the client waits that much more.
+const PROBATION_MARGIN: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -34,6 +35,16 @@ pub enum ControlError {
         pid: u32,
         why: &'static str,
     },
+    #[error(
+        "pid {pid} named by {} is not the baton server of this deployment: {why}; nothing was \
+         signalled. If baton is not running, remove {} and {}",
+        path.display(), path.display(), state_path(path).display()
+    )]
+    NotBaton {
+        path: PathBuf,
+        pid: u32,
+        why: NotOurs,
+    },
     #[error(transparent)]
     PidFile(#[from] PidFileError),
     #[error("cannot signal baton (pid {pid}): {source}")]
@@ -42,8 +53,16 @@ pub enum ControlError {
         #[source]
         source: nix::Error,
     },
-    #[error("timed out after {after:?} waiting for {what}; see the server's log")]
-    Timeout { what: &'static str, after: Duration },
+    #[error(
+        "timed out after {after:?} waiting for {what}; the server records outcomes in {}: \
+         check that the server's user can write there, and see the server's log",
+        state.display()
+    )]
+    Timeout {
+        what: &'static str,
+        after: Duration,
+        state: PathBuf,
+    },
     #[error("baton (pid {pid}) exited while {what}")]
     Exited { pid: u32, what: &'static str },
     #[error(
@@ -57,6 +76,23 @@ pub enum ControlError {
     UpgradeFailed(String),
     #[error("upgrade refused: {0}")]
     UpgradeRefused(String),
+    /// The new generation died during its probation; the previous one serves again.
+    #[error("{0}; the previous generation serves again")]
+    RolledBack(String),
+    #[error(
+        "upgrade refused: the server (pid {pid}) will start {} at an upgrade, but the build \
+         checked is {} ({origin}); nothing was signalled. Pass `--binary {}` to check the build \
+         that will run, or install the new build at {}",
+        will_start.display(), checked.display(), will_start.display(), will_start.display()
+    )]
+    WrongBinary {
+        pid: u32,
+        /// As the state file records it.
+        will_start: PathBuf,
+        /// Canonical.
+        checked: PathBuf,
+        origin: &'static str,
+    },
 }
 
 impl ControlError {
@@ -83,15 +119,18 @@ pub struct Located {
     pub supervisor: Option<SupervisorRecord>,
 }
 
-/// Finds the server named by `pid_file` and checks the pid is still that server: same pid and
-/// start time as its state file, alive and not a zombie. A stale file is refused, so a reused
-/// pid never gets our signal.
+/// Finds the server named by `pid_file` and checks the pid is still that server and really
+/// is one: the run files are trusted (see `pidfile`), the pid has the start time its state file
+/// records and is alive, and `trust::verify` recognises it as a baton server of this
+/// deployment. A stale file is refused, so a reused pid never gets our signal; a forged one is
+/// refused, so the run files never choose who gets it.
 pub fn locate(pid_file: &Path) -> Result<Located, ControlError> {
     let deadline = Instant::now() + HANDOVER_GRACE;
     loop {
-        let pid = pidfile::read(pid_file)?.ok_or_else(|| ControlError::NotRunning {
-            path: pid_file.to_owned(),
-        })?;
+        let (pid, owner) =
+            pidfile::read_trusted_pid(pid_file)?.ok_or_else(|| ControlError::NotRunning {
+                path: pid_file.to_owned(),
+            })?;
         let stale = |why| ControlError::Stale {
             path: pid_file.to_owned(),
             pid,
@@ -103,49 +142,55 @@ pub fn locate(pid_file: &Path) -> Result<Located, ControlError> {
         if stat.zombie {
             return Err(stale("that process has exited"));
         }
-        let record = ServerRecord::read(&state_path(pid_file));
+        let record = ServerRecord::read_trusted(&state_path(pid_file))?;
         let supervisor =
-            SupervisorRecord::read(&supervisor_path(pid_file)).filter(|s| s.pid == pid);
+            SupervisorRecord::read_trusted(&supervisor_path(pid_file))?.filter(|s| s.pid == pid);
+        // The sockets the server holds; in supervised mode the supervisor keeps them across
+        // workers, so even a previous worker's state file names them.
+        let listeners: Option<Vec<_>> = record
+            .as_ref()
+            .map(|r| r.listeners.iter().map(|l| l.addr).collect());
         let retry = Instant::now() < deadline;
-        match (supervisor, record) {
+        let found = |record, supervisor| Located {
+            pid,
+            start_ticks: stat.start_ticks,
+            record,
+            supervisor,
+        };
+        let located = match (supervisor, record) {
             (Some(sup), _) if sup.start_ticks != stat.start_ticks => {
                 return Err(stale("that pid now belongs to another process"));
             }
             (Some(sup), Some(record)) if sup.worker_pid == Some(record.pid) => {
-                return Ok(Located {
-                    pid,
-                    start_ticks: stat.start_ticks,
-                    record: Some(record),
-                    supervisor: Some(sup),
-                });
+                found(Some(record), Some(sup))
             }
             // A worker is starting or being replaced: its state file follows shortly.
-            (Some(_), _) if retry => std::thread::sleep(POLL),
-            // A live, verified supervisor that is (re)starting its worker: still baton.
-            (Some(sup), _) => {
-                return Ok(Located {
-                    pid,
-                    start_ticks: stat.start_ticks,
-                    record: None,
-                    supervisor: Some(sup),
-                });
+            (Some(_), _) if retry => {
+                std::thread::sleep(POLL);
+                continue;
             }
+            // A live supervisor that is (re)starting its worker.
+            (Some(sup), _) => found(None, Some(sup)),
             (None, Some(record)) if record.pid == pid && record.start_ticks == stat.start_ticks => {
-                return Ok(Located {
-                    pid,
-                    start_ticks: stat.start_ticks,
-                    record: Some(record),
-                    supervisor: None,
-                });
+                found(Some(record), None)
             }
             (None, Some(record)) if record.pid == pid => {
                 return Err(stale("that pid now belongs to another process"));
             }
             // The file may be mid-handover (pid file first, state file next): look again.
-            _ if retry => std::thread::sleep(POLL),
+            _ if retry => {
+                std::thread::sleep(POLL);
+                continue;
+            }
             (None, Some(_)) => return Err(stale("the state file names another process")),
             (None, None) => return Err(stale("its state file is missing")),
-        }
+        };
+        trust::verify(pid, owner, listeners.as_deref()).map_err(|why| ControlError::NotBaton {
+            path: pid_file.to_owned(),
+            pid,
+            why,
+        })?;
+        return Ok(located);
     }
 }
 
@@ -161,10 +206,12 @@ fn alive(pid: u32, start_ticks: u64) -> bool {
     proc_stat(pid).is_some_and(|s| !s.zombie && s.start_ticks == start_ticks)
 }
 
-/// Polls `check` until it gives an answer or `timeout` passes.
-fn wait_for<T>(
+/// Polls `check` until it gives an answer or `timeout` passes. `state` is the file the
+/// answer is read from, named in the timeout's message.
+pub(super) fn wait_for<T>(
     timeout: Duration,
     what: &'static str,
+    state: &Path,
     mut check: impl FnMut() -> Option<Result<T, ControlError>>,
 ) -> Result<T, ControlError> {
     let deadline = Instant::now() + timeout;
@@ -176,6 +223,7 @@ fn wait_for<T>(
             return Err(ControlError::Timeout {
                 what,
                 after: timeout,
+                state: state.to_owned(),
             });
         }
         std::thread::sleep(POLL);
@@ -196,7 +244,7 @@ pub fn reload(pid_file: &Path, timeout: Duration) -> Result<ReloadSummary, Contr
     let server = record.pid;
     signal(pid, Signal::SIGUSR1)?;
     let state = state_path(pid_file);
-    wait_for(timeout, "the reload outcome", || {
+    wait_for(timeout, "the reload outcome", &state, || {
         if !alive(pid, start_ticks) {
             return Some(Err(ControlError::Exited {
                 pid,
@@ -224,14 +272,20 @@ pub struct Upgraded {
 }
 
 /// Checks the configuration with the binary an upgrade will start (as `nginx -t`), then
-/// SIGUSR2, then waits until the next generation serves or the server says why not.
-pub fn upgrade(pid_file: &Path, timeout: Option<Duration>) -> Result<Upgraded, ControlError> {
+/// SIGUSR2, then waits until the next generation serves or the server says why not. `binary`
+/// is the build the operator says the server will start (default: this command's own
+/// executable); see `precheck`.
+pub fn upgrade(
+    pid_file: &Path,
+    binary: Option<&Path>,
+    timeout: Option<Duration>,
+) -> Result<Upgraded, ControlError> {
     let located = locate(pid_file)?;
     let record = located
         .record
         .clone()
         .ok_or(ControlError::NoWorker { pid: located.pid })?;
-    precheck(&record)?;
+    super::precheck::precheck(located.pid, &record, binary)?;
     match located.supervisor.clone() {
         Some(sup) => upgrade_supervised(
             pid_file,
@@ -258,28 +312,27 @@ fn upgrade_direct(
         timeout.unwrap_or(Duration::from_millis(record.ready_timeout_ms) + Duration::from_secs(10));
     signal(pid, Signal::SIGUSR2)?;
     let state = state_path(pid_file);
+    // The old process's verdict, once it has one: a failure, a refusal, or a rollback.
+    let old_verdict = || {
+        let now = ServerRecord::read(&state).filter(|r| r.pid == pid)?;
+        outcome(
+            now.last_upgrade.as_ref(),
+            now.last_refusal.as_ref(),
+            upgrades_before,
+            refusals_before,
+        )
+    };
     let mut gone_since: Option<Instant> = None;
-    wait_for(timeout, "the new process to be ready", || {
+    let ready = wait_for(timeout, "the new process to be ready", &state, || {
         if let Ok(Some(new_pid)) = pidfile::read(pid_file)
             && new_pid != pid
             && let Ok(new) = locate(pid_file)
+            && let Some(record) = new.record
         {
-            return Some(Ok(Upgraded {
-                old_pid: pid,
-                new_pid: new.pid,
-                version: new.record.map(|r| r.version).unwrap_or_default(),
-                supervisor: None,
-            }));
+            return Some(Ok(record));
         }
-        if let Some(now) = ServerRecord::read(&state).filter(|r| r.pid == pid)
-            && let Some(Err(err)) = outcome(
-                now.last_upgrade.as_ref(),
-                now.last_refusal.as_ref(),
-                upgrades_before,
-                refusals_before,
-            )
-        {
-            // Success shows as the pid file naming the new process, above.
+        // Success shows as the pid file naming the new process, above.
+        if let Some(Err(err)) = old_verdict() {
             return Some(Err(err));
         }
         // Gone while the pid file still names it: give a handover in progress its moment.
@@ -293,7 +346,63 @@ fn upgrade_direct(
             }
         }
         None
-    })
+    })?;
+    let upgraded = Upgraded {
+        old_pid: pid,
+        new_pid: ready.pid,
+        version: ready.version.clone(),
+        supervisor: None,
+    };
+    wait_probation(pid_file, &ready, old_verdict).map(|()| upgraded)
+}
+
+/// Waits until the previous generation has stopped standing by (as the new one recorded it),
+/// then checks that the new one still serves; a rollback meanwhile is the answer.
+fn wait_probation(
+    pid_file: &Path,
+    new: &ServerRecord,
+    old_verdict: impl Fn() -> Option<Result<Option<u32>, ControlError>>,
+) -> Result<(), ControlError> {
+    let Some(until_ms) = new.probation_until_ms else {
+        return Ok(());
+    };
+    let until = std::time::UNIX_EPOCH + Duration::from_millis(until_ms) + PROBATION_MARGIN;
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let state = state_path(pid_file);
+    let rolled_back = || match old_verdict() {
+        Some(Err(err)) => Some(err),
+        _ => None,
+    };
+    let end = Instant::now() + left;
+    let mut dead_since: Option<Instant> = None;
+    wait_for(
+        left + HANDOVER_GRACE + Duration::from_secs(5),
+        "the end of the new process's probation",
+        &state,
+        || {
+            if let Some(err) = rolled_back() {
+                return Some(Err(err));
+            }
+            let serving = alive(new.pid, new.start_ticks);
+            if serving && Instant::now() >= end {
+                return Some(Ok(()));
+            }
+            if !serving {
+                // Dead: the rollback record follows within moments, unless the probation was
+                // already over (then nothing serves any more).
+                let dead = *dead_since.get_or_insert_with(Instant::now);
+                if dead.elapsed() > HANDOVER_GRACE {
+                    return Some(Err(ControlError::Exited {
+                        pid: new.pid,
+                        what: "on probation after the upgrade",
+                    }));
+                }
+            }
+            None
+        },
+    )
 }
 
 fn upgrade_supervised(
@@ -311,7 +420,7 @@ fn upgrade_supervised(
     signal(pid, Signal::SIGUSR2)?;
     let sup_path = supervisor_path(pid_file);
     let state = state_path(pid_file);
-    wait_for(timeout, "the new worker to be ready", || {
+    wait_for(timeout, "the new worker to be ready", &sup_path, || {
         if !alive(pid, start_ticks) {
             return Some(Err(ControlError::Exited {
                 pid,
@@ -351,6 +460,12 @@ fn outcome(
     if let Some(up) = upgrade.filter(|u| u.seq > upgrades_before) {
         return Some(if up.ok {
             Ok(up.new_pid)
+        } else if up.rolled_back {
+            Err(ControlError::RolledBack(
+                up.error
+                    .clone()
+                    .unwrap_or_else(|| "upgrade rolled back".into()),
+            ))
         } else {
             Err(ControlError::UpgradeFailed(
                 up.error
@@ -363,74 +478,10 @@ fn outcome(
     Some(Err(ControlError::UpgradeRefused(refusal.reason.clone())))
 }
 
-/// Runs `<program> --config-dir <dir> check` as the server would start it. Bounded: a new
-/// build that hangs is a failed check, not a hung client.
-fn precheck(record: &ServerRecord) -> Result<(), ControlError> {
-    let program = record.program.display();
-    let mut child = Command::new(&record.program)
-        .arg("--config-dir")
-        .arg(&record.config_dir)
-        .arg("check")
-        .current_dir(&record.cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            let what = match e.kind() {
-                std::io::ErrorKind::NotFound => "it does not exist; install the new build there",
-                std::io::ErrorKind::PermissionDenied => "it is not executable; `chmod +x` it",
-                _ => "it could not be started",
-            };
-            ControlError::UpgradeFailed(format!(
-                "cannot run {program}: {what} ({e}); nothing was changed"
-            ))
-        })?;
-    let status = wait_for(
-        PRECHECK_TIMEOUT,
-        "`check` of the new binary",
-        || match child.try_wait() {
-            Ok(Some(status)) => Some(Ok(status)),
-            Ok(None) => None,
-            Err(e) => Some(Err(ControlError::UpgradeFailed(format!(
-                "cannot wait for `{program} check`: {e}"
-            )))),
-        },
-    );
-    let status = match status {
-        Ok(status) => status,
-        Err(ControlError::Timeout { .. }) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(ControlError::UpgradeFailed(format!(
-                "`{program} check` did not finish within {PRECHECK_TIMEOUT:?}; the new build \
-                 looks broken, nothing was changed"
-            )));
-        }
-        Err(err) => return Err(err),
-    };
-    if status.success() {
-        return Ok(());
-    }
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    let stderr = stderr.trim();
-    Err(ControlError::UpgradeFailed(if stderr.is_empty() {
-        format!(
-            "`{program} check` failed ({}) without a message; the new build looks broken, \
-             nothing was changed",
-            super::upgrade::describe(status)
-        )
-    } else {
-        format!("{program} rejects the configuration, nothing was changed: {stderr}")
-    }))
-}
-
-/// SIGTERM, then waits until the process has exited.
-pub fn stop(pid_file: &Path, timeout: Option<Duration>) -> Result<u32, ControlError> {
+/// SIGTERM, then waits until no process of the deployment is left: the one signalled, the
+/// previous generation it recorded (which may still stand by or drain after an upgrade), and
+/// every older generation still draining (`draining`). Returns the pids that were running.
+pub fn stop(pid_file: &Path, timeout: Option<Duration>) -> Result<Vec<u32>, ControlError> {
     let Located {
         pid,
         start_ticks,
@@ -439,11 +490,27 @@ pub fn stop(pid_file: &Path, timeout: Option<Duration>) -> Result<u32, ControlEr
     } = locate(pid_file)?;
     let drain_ms = supervisor
         .map(|s| s.shutdown_timeout_ms)
-        .or(record.map(|r| r.shutdown_timeout_ms))
+        .or(record.as_ref().map(|r| r.shutdown_timeout_ms))
         .unwrap_or(0);
     let timeout = timeout.unwrap_or(Duration::from_millis(drain_ms) + Duration::from_secs(10));
+    let mut processes = vec![(pid, start_ticks)];
+    processes.extend(
+        record
+            .and_then(|r| r.previous)
+            .filter(|p| alive(p.pid, p.start_ticks))
+            .map(|p| (p.pid, p.start_ticks)),
+    );
+    // Older generations still draining (not only the previous one): stop means none is left.
+    for old in super::draining::draining_generations(pid_file) {
+        if !processes.iter().any(|(pid, _)| *pid == old.pid) {
+            processes.push((old.pid, old.start_ticks));
+        }
+    }
     signal(pid, Signal::SIGTERM)?;
-    wait_for(timeout, "baton to exit", || {
-        (!alive(pid, start_ticks)).then_some(Ok(pid))
+    wait_for(timeout, "baton to exit", &state_path(pid_file), || {
+        processes
+            .iter()
+            .all(|(pid, ticks)| !alive(*pid, *ticks))
+            .then(|| Ok(processes.iter().map(|(pid, _)| *pid).collect()))
     })
 }

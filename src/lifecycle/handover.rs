@@ -1,6 +1,7 @@
 //! What one generation hands the next: listening sockets (systemd's `LISTEN_FDS` protocol, read
 //! with `listenfd`), the generation number, and the write end of a readiness pipe. This module
 //! holds the names of that protocol and the child's side of it; `upgrade` holds the parent's.
+#![allow(unsafe_code, reason = "adopts inherited fds by number")]
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -11,6 +12,8 @@ use std::path::PathBuf;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::stat::{SFlag, fstat};
+
+use super::carry::Inherited;
 
 pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
@@ -26,9 +29,20 @@ pub(crate) const SUPERVISOR_PID: &str = "BATON_UPGRADE_SUPERVISOR_PID";
 /// Set when the first generation got its sockets from systemd socket activation: the socket
 /// units stay the source of truth for addresses in every later generation too.
 pub(crate) const FROM_SYSTEMD: &str = "BATON_UPGRADE_FROM_SYSTEMD";
+/// The fd number of the read end of the previous generation's state (see `carry`).
+pub(crate) const STATE_FD: &str = "BATON_UPGRADE_STATE_FD";
+/// Set for a supervisor's worker: the fd number of the read end of the supervisor's orders
+/// (`standby`, `resume`, `release`, one per line).
+pub(crate) const ORDERS_FD: &str = "BATON_SUPERVISOR_ORDERS_FD";
+/// How long the parent stands by after "ready" (direct mode), in milliseconds: the child
+/// records when that ends, for the client that waits for the outcome.
+pub(crate) const PROBATION_MS: &str = "BATON_UPGRADE_PROBATION_MS";
 /// Every variable of the protocol: removed from the environment handed to a child before the
 /// fresh values are set, so nothing stale crosses two generations.
-pub(crate) const PROTOCOL_VARS: [&str; 8] = [
+pub(crate) const PROTOCOL_VARS: [&str; 11] = [
+    STATE_FD,
+    ORDERS_FD,
+    PROBATION_MS,
     SUPERVISOR_PID,
     LISTEN_FDS,
     LISTEN_PID,
@@ -42,6 +56,9 @@ pub(crate) const PROTOCOL_VARS: [&str; 8] = [
 /// The message a ready child writes; anything else is a failure report.
 pub(crate) const READY_MESSAGE: &str = "ready";
 pub(crate) const ERROR_MESSAGE: &str = "error";
+/// Written after "ready" when the child moves on (its own upgrade, or a shutdown): the parent,
+/// standing by, stops watching for a death to roll back from and exits.
+pub(crate) const RELEASE_MESSAGE: &str = "release";
 
 /// A listening socket received from the previous generation or from systemd.
 #[derive(Debug)]
@@ -60,8 +77,14 @@ pub struct Startup {
     ready_pipe: Option<ReadyPipe>,
     generation: u64,
     pub(crate) parent_pid: Option<u32>,
+    /// Direct mode: how long the parent stands by once this process is ready.
+    pub(crate) probation: Option<std::time::Duration>,
     /// Set when this process is a worker of a supervisor.
     pub(crate) supervisor_pid: Option<u32>,
+    /// A worker's read end of its supervisor's orders.
+    pub(crate) orders: Option<OwnedFd>,
+    /// What the previous generation handed over (see `carry`).
+    pub(crate) inherited: Inherited,
     pub(crate) image: ExecImage,
 }
 
@@ -93,7 +116,11 @@ impl Startup {
             }
         }
         let generation = env_number(GENERATION).unwrap_or(1).max(1);
-        let ready_pipe = ReadyPipe::from_env();
+        let ready_pipe = inherited_pipe(READY_FD).map(|fd| ReadyPipe(File::from(fd)));
+        let orders = inherited_pipe(ORDERS_FD);
+        let inherited = inherited_pipe(STATE_FD)
+            .map(Inherited::read_batch)
+            .unwrap_or_default();
         close_strays_on_exec();
         Startup {
             sockets,
@@ -101,7 +128,10 @@ impl Startup {
             ready_pipe,
             generation,
             parent_pid: env_number(PARENT_PID).and_then(|p| u32::try_from(p).ok()),
+            probation: env_number(PROBATION_MS).map(std::time::Duration::from_millis),
             supervisor_pid: env_number(SUPERVISOR_PID).and_then(|p| u32::try_from(p).ok()),
+            orders,
+            inherited,
             image: ExecImage::current(),
         }
     }
@@ -111,16 +141,25 @@ impl Startup {
         self.generation
     }
 
+    /// What the previous generation handed over at the start (empty for a fresh start).
+    pub fn inherited(&self) -> &Inherited {
+        &self.inherited
+    }
+
     /// `true` when this process is a worker started by a supervisor.
     pub fn is_worker(&self) -> bool {
         self.supervisor_pid.is_some()
     }
 
-    /// Tells the waiting parent (if any) that this process is ready to serve.
-    pub(crate) fn report_ready(&mut self) -> std::io::Result<()> {
+    /// Tells the waiting parent (if any) that this process is ready to serve. What is returned
+    /// tells a parent standing by that it may go (see [`ParentLink::release`]).
+    pub(crate) fn report_ready(&mut self) -> std::io::Result<ParentLink> {
         match self.ready_pipe.take() {
-            Some(pipe) => pipe.send(&format!("{READY_MESSAGE} {}", std::process::id())),
-            None => Ok(()),
+            Some(mut pipe) => {
+                pipe.send(&format!("{READY_MESSAGE} {}", std::process::id()))?;
+                Ok(ParentLink(Some(pipe)))
+            }
+            None => Ok(ParentLink(None)),
         }
     }
 
@@ -130,6 +169,7 @@ impl Startup {
             // One line: the parent reads up to the first newline.
             let reason = reason.replace('\n', "; ");
             // The parent sees end-of-file if this write fails, which it reports too.
+            let mut pipe = pipe;
             let _ = pipe.send(&format!("{ERROR_MESSAGE} {reason}"));
         }
     }
@@ -159,36 +199,71 @@ fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// A pipe end the parent handed us, named by the fd number in `var`, close-on-exec again so
+/// that it does not leak into a grandchild.
+fn inherited_pipe(var: &str) -> Option<OwnedFd> {
+    let fd: RawFd = std::env::var(var).ok()?.parse().ok()?;
+    // Only a fd above stdio that is open and is a pipe is taken: a stray variable must
+    // not make us write into, read from, or close somebody else's file.
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: `fcntl(F_GETFD)` and `fstat` only query the descriptor; the number came from
+    // our parent, and a closed or foreign fd makes them fail, which returns `None`.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_GETFD).ok()?;
+    let stat = fstat(borrowed).ok()?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+        return None;
+    }
+    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).ok()?;
+    // SAFETY: the fd is open, is a pipe our parent handed us for this one purpose, and
+    // nothing else in this process owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The write end of the readiness pipe, received from the parent.
 #[derive(Debug)]
 struct ReadyPipe(File);
 
 impl ReadyPipe {
-    fn from_env() -> Option<ReadyPipe> {
-        let fd: RawFd = std::env::var(READY_FD).ok()?.parse().ok()?;
-        // Only a fd above stdio that is open and is a pipe is taken: a stray variable must
-        // not make us write into, or close, somebody else's file.
-        if fd < 3 {
-            return None;
+    fn send(&mut self, message: &str) -> std::io::Result<()> {
+        self.0.write_all(format!("{message}\n").as_bytes())
+    }
+}
+
+/// The readiness pipe after "ready": a previous generation may be standing by on its other end.
+#[derive(Debug, Default)]
+pub(crate) struct ParentLink(Option<ReadyPipe>);
+
+impl ParentLink {
+    /// A worker hands its state to its supervisor, which relays it to the next worker (see
+    /// `carry`). A supervisor gone is nothing to report.
+    pub(crate) fn send_state(&mut self, items: Vec<(String, String)>, end: bool) {
+        if let Some(pipe) = self.0.as_mut()
+            && let Err(err) = super::carry::write_batch(&mut pipe.0, items, end)
+        {
+            tracing::warn!(error = %err, "could not hand the state over to the supervisor");
         }
-        // SAFETY: `fcntl(F_GETFD)` and `fstat` only query the descriptor; the number came from
-        // our parent, and a closed or foreign fd makes them fail, which returns `None`.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        fcntl(borrowed, FcntlArg::F_GETFD).ok()?;
-        let stat = fstat(borrowed).ok()?;
-        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
-            return None;
-        }
-        // Close-on-exec again, so the pipe does not leak into a grandchild.
-        fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).ok()?;
-        // SAFETY: the fd is open, is a pipe our parent handed us for this one purpose, and
-        // nothing else in this process owns it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Some(ReadyPipe(File::from(owned)))
     }
 
-    fn send(mut self, message: &str) -> std::io::Result<()> {
-        self.0.write_all(format!("{message}\n").as_bytes())
+    /// `true` while the previous generation may still listen.
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Closes our end without a word: the previous generation is past its probation anyway.
+    pub(crate) fn close(&mut self) {
+        self.0 = None;
+    }
+
+    /// Tells the previous generation (if it still listens) that this one moves on, so that it
+    /// stops standing by: no rollback to it from here on. Idempotent.
+    pub(crate) fn release(&mut self) {
+        if let Some(mut pipe) = self.0.take() {
+            // A parent already gone closed the other end: nothing to release.
+            let _ = pipe.send(RELEASE_MESSAGE);
+        }
     }
 }
 

@@ -1,85 +1,136 @@
 //! The process lifecycle: signals, listeners, binary upgrade, drain, pid file, and the client
 //! side of the control protocol. It serves whatever routers it is given and knows nothing of
-//! the routes.
+//! the routes, nor of certificates: an application that wants TLS gives an [`Acceptor`] that
+//! sets up each connection of the public listener (the handshake) and gets the same drain
+//! (`Connection: close`, GOAWAY, lame duck, probation) on the stream it returns.
 //!
 //! # Binary upgrade (SIGUSR2)
-//! 1. Refuse, with a log line and a recorded outcome, if an upgrade is in flight, if this
-//!    process is draining, or if its parent (the previous generation) is still draining.
+//! 1. Refuse, with a log line and a recorded outcome, if an upgrade is in flight or this
+//!    process is draining (`generation::begin_upgrade`; the supervisor's `upgrade`). A process
+//!    whose own predecessor still stands by is not refused: it releases it (step 6) and goes on.
 //! 2. Start the executable at the path recorded at start-up, with the same arguments, working
 //!    directory and environment, plus the listening sockets as `LISTEN_FDS` (fds from 3) and
 //!    `LISTEN_FDNAMES`, no `LISTEN_PID`, the write end of a readiness pipe and the next
-//!    generation number. No other fd crosses.
+//!    generation number (`upgrade::prepare`). No other fd crosses.
 //! 3. The child loads and validates its configuration, adopts the sockets (by name, else by
 //!    address), binds only what it did not inherit, closes what its configuration no longer
-//!    lists, builds its state, runs a self-check, starts accepting, writes the pid file, tells
-//!    systemd `MAINPID`/`READY`, and only then writes `ready <pid>` on the pipe (so that the
-//!    pid file and systemd name a live server the moment the parent may exit).
-//! 4. The parent waits for that line with a deadline (`upgrade.ready_timeout`). End of file,
-//!    an error line, or the deadline: the child is stopped and reaped, the parent keeps
-//!    serving, the failure is recorded, and the next upgrade can start at once.
-//! 5. On `ready` the parent drains (see `drain`) and exits 0. Both processes hold the same
-//!    kernel socket, so there is one accept queue and no connection is ever refused.
+//!    lists, builds its state, runs a self-check, writes the pid file and the state file
+//!    (`runfiles::claim`: a process that cannot is not ready), starts accepting, tells systemd
+//!    `MAINPID`/`READY`, and only then writes `ready <pid>` on the pipe (`run`).
+//! 4. The parent waits for that line with a deadline (`upgrade.ready_timeout`), watching the
+//!    child's process rather than the pipe (a grandchild may hold the pipe open). Its death,
+//!    an error line, the deadline, or a shutdown requested meanwhile: the child is stopped and
+//!    reaped, the parent keeps serving (or, for the shutdown, drains), the failure is recorded.
+//! 5. On `ready` the parent stops accepting and drains (`drain`), but keeps its copies of the
+//!    sockets and stands by for `upgrade.probation` (`generation::standby`). If the child exits in
+//!    that window, the parent takes the service back at once: it accepts again from the same
+//!    queue, leaves draining, reclaims the run files and `MAINPID`, and records the rollback.
+//!    While it drains it is listed next to the pid file (`draining`), and ends its drain early
+//!    if `upgrade.max_draining` newer generations drain too.
+//! 6. The standby ends when the probation passes, when the child writes `release` on the pipe
+//!    (it starts an upgrade of its own, or shuts down), or when the parent is asked to shut
+//!    down. The parent then closes its sockets, finishes its drain and exits 0. Both processes
+//!    hold the same kernel socket throughout, so no connection is ever refused. Its final
+//!    batch (`carry`) tells the child what it counted and, as `lineage`, how the upgrade and
+//!    its drain went.
 //!
 //! # Guarantees
 //! - A failed upgrade changes nothing: same process, same sockets, same settings.
+//! - A new generation that dies within its probation is rolled back: the previous one serves
+//!   again, from the same socket, within milliseconds.
 //! - No request is lost at a handover: the old process stops accepting only once the new one
 //!   accepts from the same queue, and its keep-alive clients are told to reconnect (lame duck)
 //!   before any idle connection is closed.
-//! - At most one upgrade at a time; a burst of SIGUSR2 gives at most one.
+//! - Long-lived responses (WebSockets, SSE) hold a `LongLived` lease: the drain tells them to
+//!   end at its start and waits for them as for connections, up to the hammer, which counts
+//!   what it cuts.
+//! - At most one upgrade at a time per process; a burst of SIGUSR2 gives at most one. No
+//!   upgrade waits for an older generation's drain; at most `upgrade.max_draining` drain at
+//!   once (the oldest beyond that is hammered).
+//! - Stop means stop: a shutdown stops a half-started successor first, and a process's first
+//!   shutdown signal always drains (only a second one exits at once).
 //! - The pid file names a process that serves; it is removed only by the process it names.
 
+mod acceptor;
+mod carry;
 mod control;
 mod drain;
+mod draining;
+mod fds;
+mod generation;
 mod handover;
+mod limits;
+mod lineage;
 mod listeners;
+mod memory;
 mod pidfile;
+mod precheck;
 mod record;
+mod runfiles;
 mod serve;
 mod signals;
 mod state;
 mod supervisor;
 mod systemd;
+mod trust;
 mod upgrade;
+mod watch;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::SystemTime;
 
 use axum::Router;
-use tokio::task::JoinHandle;
 
+pub use acceptor::{Accepted, Acceptor, Io, Protocol};
+pub use carry::{Carry, Inherited, Moment, UPGRADES};
 pub use control::{ControlError, Located, Upgraded, locate, reload, stop, upgrade};
+pub use draining::{DrainingRecord, draining_generations};
+pub use fds::{FdLimit, raise_fd_limit};
 pub use handover::{ExecImage, Startup};
+pub use limits::{CloseReason, LimitCounters};
+pub use lineage::{LINEAGE, Predecessor};
 pub use listeners::ListenError;
 pub use pidfile::{PidFileError, ProcStat, proc_stat, state_path};
-pub use record::{ReloadSummary, ServerRecord, SupervisorRecord};
+pub use record::{ProcessRef, ReloadResult, ReloadSummary, ServerRecord, SupervisorRecord};
+pub use runfiles::RunFileError;
 pub use signals::{Command, CommandSender, Commands};
-pub use state::{ListenerInfo, Phase, ProcessState, RefusalRecord, UpgradeRecord};
-pub use supervisor::SupervisorError;
+pub use state::{
+    DrainRecord, ListenerInfo, LongLived, Phase, ProcessState, RefusalRecord, UpgradeCounts,
+    UpgradeRecord, Wire, WrapUp,
+};
+pub use supervisor::{SupervisorError, run as supervise};
 pub use upgrade::UpgradeError;
 
-use crate::settings::{ReloadOutcome, Settings, SettingsStore};
+use crate::settings::{Settings, SettingsStore};
 use crate::telemetry::Telemetry;
+use handover::ParentLink;
 use listeners::Wanted;
-use serve::Server;
+use serve::{Endpoint, Server};
 
 /// Listener names: what the sockets are called when they cross an upgrade (`LISTEN_FDNAMES`)
 /// and in a systemd socket unit (`FileDescriptorName=`).
 pub const HTTP_LISTENER: &str = "http";
 pub const ADMIN_LISTENER: &str = "admin";
 
-/// The services to put behind the listeners.
+/// The services to put behind the listeners, and what they carry across an upgrade.
 #[derive(Debug, Clone)]
 pub struct Routers {
     pub http: Router,
     /// Served on `admin.listen` when `admin.enabled`.
     pub admin: Router,
+    /// Handed to the next generation (see [`Carry`]); `None` carries nothing.
+    pub carry: Option<Arc<dyn Carry>>,
+    /// Sets up each connection of the public listener before HTTP (TLS); `None`: plain HTTP.
+    pub http_acceptor: Option<Arc<dyn Acceptor>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    RunFiles(#[from] RunFileError),
 }
 
 /// How the process ended.
@@ -87,8 +138,48 @@ pub enum LifecycleError {
 pub enum Exit {
     /// Shut down on request; the sockets are closed.
     Shutdown,
-    /// Replaced by the next generation, which now serves.
-    HandedOver { successor: u32 },
+    /// Replaced by the next generation, which now serves (in supervised mode the supervisor
+    /// knows which; the worker does not).
+    HandedOver { successor: Option<u32> },
+}
+
+/// What this serving process is to the others of its deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Started by a user or systemd.
+    Standalone,
+    /// Started by a previous generation's upgrade (direct mode).
+    Successor { parent: u32 },
+    /// A supervisor's worker: the supervisor owns the pid file and does the upgrades.
+    Worker { supervisor: u32 },
+}
+
+impl Role {
+    fn of(startup: &Startup) -> Role {
+        match (startup.supervisor_pid, startup.parent_pid) {
+            (Some(supervisor), _) => Role::Worker { supervisor },
+            (None, Some(parent)) => Role::Successor { parent },
+            (None, None) => Role::Standalone,
+        }
+    }
+
+    fn is_worker(self) -> bool {
+        matches!(self, Role::Worker { .. })
+    }
+
+    fn supervisor(self) -> Option<u32> {
+        match self {
+            Role::Worker { supervisor } => Some(supervisor),
+            _ => None,
+        }
+    }
+
+    fn parent(self) -> Option<u32> {
+        match self {
+            Role::Successor { parent } => Some(parent),
+            _ => None,
+        }
+    }
 }
 
 /// Everything the running lifecycle works with.
@@ -97,10 +188,13 @@ struct Context {
     telemetry: Telemetry,
     process: ProcessState,
     image: ExecImage,
-    parent_pid: Option<u32>,
-    /// Set when a supervisor owns the pid file and does the upgrades.
-    supervisor_pid: Option<u32>,
+    role: Role,
     from_systemd: bool,
+    /// The previous generation while it may still run (see `ServerRecord::previous`).
+    previous: Option<ProcessRef>,
+    /// When the previous generation stops standing by.
+    probation_until: Option<SystemTime>,
+    carry: Option<Arc<dyn Carry>>,
 }
 
 /// Serves until shutdown or a successful upgrade, then drains. Failures before the process
@@ -115,86 +209,114 @@ pub async fn run(
 ) -> Result<Exit, LifecycleError> {
     let initial = settings.current();
     let sockets = std::mem::take(&mut startup.sockets);
-    let bound = match listeners::adopt_or_bind(sockets, startup.from_systemd, &wanted(&initial)) {
-        Ok(bound) => bound,
-        Err(err) => {
-            startup.report_failure(&err.to_string());
-            return Err(err.into());
-        }
-    };
+    // A failure from here to "ready" reaches a waiting parent through the caller, which
+    // reports every error of `serve` on the readiness pipe.
+    let bound = listeners::adopt_or_bind(sockets, startup.from_systemd, &wanted(&initial))?;
     process.set_listeners(bound.iter().map(|b| b.info.clone()).collect());
     let paired = bound
         .into_iter()
         .map(|b| {
-            let router = if b.info.name == ADMIN_LISTENER {
-                routers.admin.clone()
+            let endpoint = if b.info.name == ADMIN_LISTENER {
+                Endpoint {
+                    router: routers.admin.clone(),
+                    acceptor: None,
+                }
             } else {
-                routers.http.clone()
+                Endpoint {
+                    router: routers.http.clone(),
+                    acceptor: routers.http_acceptor.clone(),
+                }
             };
-            (b, router)
+            (b, endpoint)
         })
         .collect();
-    let mut server = Server::start(paired, &process);
-    process.set_phase(Phase::Serving);
-
+    let role = Role::of(startup);
     let ctx = Context {
         settings,
         telemetry,
         process,
         image: startup.image.clone(),
-        parent_pid: startup.parent_pid,
-        supervisor_pid: startup.supervisor_pid,
+        role,
         from_systemd: startup.from_systemd,
+        previous: runfiles::previous_generation(role.parent()),
+        probation_until: startup.probation.map(|p| SystemTime::now() + p),
+        carry: routers.carry.clone(),
     };
-    let pid_file = initial.lifecycle.pid_file.clone();
-    // Before "ready": the parent may be gone a millisecond later, and the pid file must name
-    // a live server by then. If the parent rejects us after all, it writes its own back.
+    // Before "ready" and before the first connection: the parent may be gone a millisecond
+    // after "ready", and the run files must name a live server by then. A process that cannot
+    // write them is not ready (no client could find it); if the parent rejects us after all,
+    // it writes its own back.
+    runfiles::claim(&ctx)?;
+    let server = Server::start(paired, &ctx.process, &ctx.settings);
+    tokio::spawn(memory::give_back_after_bursts(ctx.process.clone()));
+    ctx.process.set_phase(state::Phase::Serving);
     // Likewise systemd learns MAINPID before the old main process can exit.
-    claim_pid_file(&ctx, &pid_file);
-    if ctx.supervisor_pid.is_none() {
+    if !ctx.role.is_worker() {
         systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
     }
-    if let Err(err) = startup.report_ready() {
+    let link = startup.report_ready().unwrap_or_else(|err| {
         // The parent gave up (it stops us) or died (then we are the server): keep serving.
         tracing::warn!(error = %err, "could not tell the previous generation we are ready");
-    }
+        ParentLink::default()
+    });
+    import_final_state(&mut startup.inherited, &ctx.process, ctx.carry.clone());
     tracing::info!(
         pid = ctx.process.pid(),
         generation = ctx.process.generation(),
         version = ctx.process.version(),
         "serving"
     );
+    let orders = startup.orders.take().and_then(|fd| {
+        generation::Orders::new(fd)
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot read the supervisor's orders"))
+            .ok()
+    });
+    Ok(generation::run(&ctx, &mut commands, server, link, orders).await)
+}
 
-    let exit = serve_until_exit(&ctx, &mut commands, &server).await;
-    if exit == Exit::Shutdown {
-        systemd::stopping();
-    }
-    drain_until_done(&ctx, &mut commands, &mut server, &pid_file).await;
-    if exit == Exit::Shutdown {
-        // Both only if they still name us: a worker never owns the pid file.
-        pidfile::remove_if_ours(&pid_file, ctx.process.pid());
-        remove_state_if_ours(&pid_file, ctx.process.pid());
-    }
-    Ok(exit)
+/// Hands the previous generation's final batch, when it comes, to the application; its
+/// lineage entry (see `lineage`) is the lifecycle's own.
+fn import_final_state(
+    inherited: &mut Inherited,
+    process: &ProcessState,
+    carry: Option<Arc<dyn Carry>>,
+) {
+    let Some((fd, leftover)) = inherited.rest.take() else {
+        return;
+    };
+    let process = process.clone();
+    let mut lines = match upgrade::LineReader::with_buffer(fd, leftover) {
+        Ok(lines) => lines,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the previous generation's final state");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        // Ends at end of file: the previous generation has exited (or its supervisor has).
+        while let Ok(line) = lines.line().await {
+            if line.is_empty() {
+                return;
+            }
+            match carry::parse_state(&line) {
+                Some((kind, payload)) if kind == lineage::LINEAGE => {
+                    lineage::import(&process, &payload);
+                }
+                Some((kind, payload)) => {
+                    if let Some(carry) = &carry {
+                        carry.import(&kind, &payload);
+                    }
+                }
+                None => {}
+            }
+        }
+    });
 }
 
 /// Whether `baton serve` should run the supervisor: when asked (`--supervise`,
 /// `lifecycle.supervise`) or when running as PID 1, and never in a worker.
 pub fn should_supervise(startup: &Startup, flag: bool, settings: &Settings) -> bool {
     !startup.is_worker() && (flag || settings.lifecycle.supervise || std::process::id() == 1)
-}
-
-/// Runs the supervisor (see `supervisor`) until shutdown; returns the exit code.
-pub async fn supervise(
-    startup: &mut Startup,
-    config: crate::settings::ConfigSource,
-    settings: Settings,
-) -> Result<i32, SupervisorError> {
-    let result = supervisor::run(startup, config, settings).await;
-    if let Err(err) = &result {
-        startup.report_failure(&err.to_string());
-    }
-    result
 }
 
 /// The supervisor's state file that goes with a pid file: `run/baton.supervisor.json`.
@@ -218,294 +340,17 @@ fn wanted(settings: &Settings) -> Vec<Wanted> {
     wanted
 }
 
-async fn serve_until_exit(ctx: &Context, commands: &mut Commands, server: &Server) -> Exit {
-    let mut in_flight: Option<JoinHandle<Result<u32, UpgradeError>>> = None;
-    loop {
-        tokio::select! {
-            command = commands.next() => match command {
-                Some(Command::Reload) => reload_settings(ctx),
-                Some(Command::Upgrade) => {
-                    if let Some(handle) = begin_upgrade(ctx, server) {
-                        in_flight = Some(handle);
-                    }
-                }
-                Some(Command::Shutdown) | None => {
-                    tracing::info!("shutdown requested");
-                    return Exit::Shutdown;
-                }
-            },
-            joined = async { in_flight.as_mut().expect("guarded by the branch condition").await }, if in_flight.is_some() => {
-                in_flight = None;
-                let result = joined.unwrap_or_else(|join| Err(UpgradeError::Protocol {
-                    pid: 0,
-                    detail: format!("the upgrade task failed: {join}"),
-                }));
-                match result {
-                    Ok(successor) => {
-                        tracing::info!(successor, "the next generation is ready; handing over");
-                        ctx.process.record_upgrade(true, Some(successor), None);
-                        return Exit::HandedOver { successor };
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, "upgrade failed; still serving, nothing changed");
-                        ctx.process.record_upgrade(false, None, Some(err.to_string()));
-                        ctx.process.set_phase(Phase::Serving);
-                        // The child may have claimed the pid file and MAINPID before it failed.
-                        claim_pid_file(ctx, &ctx.settings.current().lifecycle.pid_file);
-                        systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Starts an upgrade unless the process is busy with one, or its parent is still draining.
-fn begin_upgrade(ctx: &Context, server: &Server) -> Option<JoinHandle<Result<u32, UpgradeError>>> {
-    let refuse = |reason: String, in_flight: bool| {
-        tracing::warn!(reason = %reason, "upgrade refused");
-        ctx.process.record_refusal(reason, in_flight);
-        publish(ctx);
-        None
-    };
-    if let Some(supervisor) = ctx.supervisor_pid {
-        return refuse(
-            format!(
-                "this is a supervised worker; send SIGUSR2 to the supervisor (pid {supervisor})"
-            ),
-            false,
-        );
-    }
-    if let Some(parent) = ctx.parent_pid
-        && nix::unistd::getppid().as_raw() == i32::try_from(parent).unwrap_or(-1)
-    {
-        return refuse(
-            format!(
-                "the previous generation (pid {parent}) is still draining; try again once it has exited"
-            ),
-            false,
-        );
-    }
-    if !ctx.process.try_begin_upgrade() {
-        return match ctx.process.phase() {
-            Phase::Upgrading => refuse("an upgrade is already in progress".into(), true),
-            phase => refuse(format!("the process is {phase:?}, not serving"), false),
-        };
-    }
-    let mut sockets = Vec::new();
-    for (name, listener) in server.listeners() {
-        match listener.as_fd().try_clone_to_owned() {
-            Ok(fd) => sockets.push((name.to_owned(), fd)),
-            Err(err) => {
-                ctx.process.set_phase(Phase::Serving);
-                let reason = format!("cannot duplicate the {name} socket: {err}");
-                ctx.process
-                    .record_upgrade(false, None, Some(reason.clone()));
-                tracing::error!(%reason, "upgrade failed; still serving, nothing changed");
-                publish(ctx);
-                return None;
-            }
-        }
-    }
-    let settings = ctx.settings.current();
-    let image = ctx.image.clone();
-    let generation = ctx.process.generation();
-    let from_systemd = ctx.from_systemd;
-    tracing::info!(program = %image.program().display(), "upgrade requested");
-    Some(tokio::spawn(async move {
-        let handover = upgrade::Handover {
-            generation: generation + 1,
-            parent_pid: Some(std::process::id()),
-            supervisor_pid: None,
-            from_systemd,
-        };
-        upgrade::start_successor(
-            &image,
-            sockets,
-            handover,
-            settings.upgrade.ready_timeout,
-            settings.lifecycle.shutdown_timeout,
-        )
-        .await
-    }))
-}
-
-/// Drains while still answering signals: a second shutdown exits at once, an upgrade is
-/// refused (this process is on its way out).
-async fn drain_until_done(
-    ctx: &Context,
-    commands: &mut Commands,
-    server: &mut Server,
-    pid_file: &std::path::Path,
-) {
-    let settings = ctx.settings.current();
-    let drain = drain::drain(
-        server,
-        &ctx.process,
-        settings.lifecycle.lame_duck,
-        settings.lifecycle.shutdown_timeout,
-    );
-    let mut drain = std::pin::pin!(drain);
-    loop {
-        tokio::select! {
-            report = &mut drain => {
-                tracing::info!(
-                    lame_duck = ?report.lame_duck,
-                    total = ?report.total,
-                    cut = report.cut,
-                    "drained; exiting"
-                );
-                return;
-            }
-            command = commands.next() => match command {
-                Some(Command::Shutdown) | None => {
-                    tracing::warn!(open_connections = ctx.process.open_connections(), "second shutdown signal: exiting now");
-                    pidfile::remove_if_ours(pid_file, ctx.process.pid());
-                    remove_state_if_ours(pid_file, ctx.process.pid());
-                    std::process::exit(1);
-                }
-                Some(Command::Upgrade) => {
-                    let reason = "this process is draining (replaced or shutting down); signal the current pid".to_owned();
-                    tracing::warn!(%reason, "upgrade refused");
-                    ctx.process.record_refusal(reason, false);
-                }
-                Some(Command::Reload) => {
-                    tracing::info!("reload ignored: this process is draining");
-                }
-            }
-        }
-    }
-}
-
-/// Re-reads the configuration and applies what a running process can apply.
-fn reload_settings(ctx: &Context) {
-    systemd::reloading();
-    let started = Instant::now();
-    let outcome = ctx.settings.reload();
-    let took = started.elapsed();
-    match &outcome {
-        ReloadOutcome::Applied {
-            config_generation,
-            upgrade_only,
-        } => {
-            let filter = ctx.settings.current().log.filter.clone();
-            if let Err(err) = ctx.telemetry.set_filter(&filter) {
-                tracing::error!(error = %err, "could not apply the new log filter");
-            }
-            tracing::info!(config_generation, ?took, "configuration reloaded");
-            warn_upgrade_only(upgrade_only);
-        }
-        ReloadOutcome::Unchanged { upgrade_only } => {
-            tracing::info!(?took, "configuration unchanged");
-            warn_upgrade_only(upgrade_only);
-        }
-        ReloadOutcome::Rejected { error } => {
-            tracing::error!(%error, "configuration rejected; the previous one stays in force");
-        }
-    }
-    systemd::reloaded(&format!(
-        "serving, generation {}, config generation {}",
-        ctx.process.generation(),
-        ctx.settings.generation()
-    ));
-    publish(ctx);
-}
-
-fn warn_upgrade_only(keys: &[&'static str]) {
-    if !keys.is_empty() {
-        tracing::warn!(
-            keys = ?keys,
-            "changed settings that take effect at the next upgrade (SIGUSR2), not at a reload"
-        );
-    }
-}
-
-/// Makes the pid file and the state file name this process. A supervised worker writes only
-/// the state file: the pid file names the supervisor, the stable pid clients signal.
-fn claim_pid_file(ctx: &Context, pid_file: &std::path::Path) {
-    if ctx.supervisor_pid.is_none()
-        && let Err(err) = pidfile::write(pid_file, ctx.process.pid())
-    {
-        tracing::error!(path = %pid_file.display(), error = %err, "could not write the pid file; `baton reload|upgrade|stop` will not find this process");
-    }
-    publish(ctx);
-}
-
-/// Writes the state file the client commands read. Only the serving generation writes it:
-/// once draining, the file belongs to the next one.
-fn publish(ctx: &Context) {
-    if ctx.process.is_draining() {
-        return;
-    }
-    let settings = ctx.settings.current();
-    let pid = ctx.process.pid();
-    let Some(stat) = proc_stat(pid) else {
-        tracing::warn!("cannot read /proc/self/stat; the state file is not written");
-        return;
-    };
-    let record = ServerRecord {
-        pid,
-        start_ticks: stat.start_ticks,
-        generation: ctx.process.generation(),
-        version: ctx.process.version().to_owned(),
-        program: ctx.image.program.clone(),
-        cwd: ctx.image.cwd.clone(),
-        config_dir: ctx.image.cwd.join(&ctx.settings.source().dir),
-        listeners: ctx.process.listeners(),
-        supervised: ctx.supervisor_pid.is_some(),
-        config_generation: ctx.settings.generation(),
-        last_reload: ctx
-            .settings
-            .last_reload()
-            .map(|r| summarize(r.seq, r.outcome, ctx.settings.generation())),
-        last_upgrade: ctx.process.last_upgrade(),
-        last_refusal: ctx.process.last_refusal(),
-        ready_timeout_ms: millis(settings.upgrade.ready_timeout),
-        shutdown_timeout_ms: millis(settings.lifecycle.shutdown_timeout),
-    };
-    let path = state_path(&settings.lifecycle.pid_file);
-    if let Err(err) = record.write(&path) {
-        tracing::warn!(path = %path.display(), error = %err, "could not write the state file");
-    }
-}
-
-fn summarize(seq: u64, outcome: ReloadOutcome, in_force: u64) -> ReloadSummary {
-    let keys = |keys: Vec<&'static str>| keys.into_iter().map(str::to_owned).collect();
-    match outcome {
-        ReloadOutcome::Applied {
-            config_generation,
-            upgrade_only,
-        } => ReloadSummary {
-            seq,
-            result: "applied".into(),
-            config_generation,
-            error: None,
-            upgrade_only: keys(upgrade_only),
-        },
-        ReloadOutcome::Unchanged { upgrade_only } => ReloadSummary {
-            seq,
-            result: "unchanged".into(),
-            config_generation: in_force,
-            error: None,
-            upgrade_only: keys(upgrade_only),
-        },
-        ReloadOutcome::Rejected { error } => ReloadSummary {
-            seq,
-            result: "rejected".into(),
-            config_generation: in_force,
-            error: Some(error),
-            upgrade_only: Vec::new(),
-        },
-    }
-}
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn remove_state_if_ours(pid_file: &std::path::Path, pid: u32) {
-    let path = state_path(pid_file);
-    if ServerRecord::read(&path).is_some_and(|r| r.pid == pid) {
-        let _ = std::fs::remove_file(path);
-    }
+/// Duplicates of the listening sockets, by name, for the next generation.
+fn duplicate_sockets<'a>(
+    listeners: impl Iterator<Item = (&'a str, &'a tokio::net::TcpListener)>,
+) -> Result<Vec<(String, OwnedFd)>, String> {
+    listeners
+        .map(|(name, listener)| {
+            listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map(|fd| (name.to_owned(), fd))
+                .map_err(|err| format!("cannot duplicate the {name} socket: {err}"))
+        })
+        .collect()
 }

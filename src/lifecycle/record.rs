@@ -1,24 +1,35 @@
 //! The state file: what the serving process tells its client commands (`baton reload`,
 //! `upgrade`, `stop`, `status`) about itself and the outcome of what they asked for. Written
 //! atomically by the current generation only; read without any network, so it works with the
-//! admin listener switched off.
+//! admin listener switched off. A client reads it with `read_trusted` (who may write it: see
+//! `pidfile`) and acts on the process it names only once `trust` has checked that process.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::pidfile::{PidFileError, read_text, read_trusted};
 use super::state::{ListenerInfo, RefusalRecord, UpgradeRecord};
 
 /// One line of the reload story, owned (the server's `ReloadOutcome` borrows static keys).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadSummary {
     pub seq: u64,
-    /// `applied`, `unchanged` or `rejected`.
-    pub result: String,
+    pub result: ReloadResult,
     pub config_generation: u64,
+    /// Why, when rejected.
     pub error: Option<String>,
     /// Changed keys that take effect at the next upgrade.
     pub upgrade_only: Vec<String>,
+}
+
+/// What became of a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadResult {
+    Applied,
+    Unchanged,
+    Rejected,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,7 +39,8 @@ pub struct ServerRecord {
     pub start_ticks: u64,
     pub generation: u64,
     pub version: String,
-    /// What `baton upgrade` checks the configuration with before it signals.
+    /// The executable an upgrade starts. Clients compare it with the build they were told to
+    /// check, and never run it: whoever can write this file could name any program.
     pub program: PathBuf,
     pub cwd: PathBuf,
     pub config_dir: PathBuf,
@@ -41,27 +53,63 @@ pub struct ServerRecord {
     /// How long a client should wait for an upgrade or a stop.
     pub ready_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// After a direct-mode upgrade: the previous generation, which may still stand by or
+    /// drain. `baton stop` waits for it too.
+    #[serde(default)]
+    pub previous: Option<ProcessRef>,
+    /// After a direct-mode upgrade: when the previous generation stops standing by (Unix
+    /// time, ms). Until then a death of this process is rolled back; `baton upgrade` waits.
+    #[serde(default)]
+    pub probation_until_ms: Option<u64>,
+}
+
+/// One process for the life of the machine: a pid and its start time (see `ProcStat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub start_ticks: u64,
 }
 
 /// A record from its file; `None` when missing or unreadable (mid-handover, or not ours).
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let text = std::fs::read_to_string(path).ok()?;
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = read_text(path).ok()?;
     serde_json::from_str(&text).ok()
 }
 
+/// A record from its file for a client, refused if anyone but the server's user could have
+/// written it (see `pidfile`); `None` when missing or not a record.
+fn read_json_trusted<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, PidFileError> {
+    Ok(read_trusted(path)?.and_then(|file| serde_json::from_str(&file.text).ok()))
+}
+
 /// Writes a record atomically: readers see the old file or the new one.
-fn write_json<T: Serialize>(record: &T, path: &Path) -> std::io::Result<()> {
+pub(super) fn write_json<T: Serialize>(record: &T, path: &Path) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     super::pidfile::write_atomic(path, &json)
 }
 
 impl ServerRecord {
+    /// Unchecked: for the server, which wrote it, and for a client once `read_trusted` has
+    /// vouched for the run directory.
     pub fn read(path: &Path) -> Option<ServerRecord> {
         read_json(path)
     }
 
+    /// For a client: refused if anyone but the server's user could have written it.
+    pub fn read_trusted(path: &Path) -> Result<Option<ServerRecord>, PidFileError> {
+        read_json_trusted(path)
+    }
+
     pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
         write_json(self, path)
+    }
+
+    /// `program` as a user would write it: a server started as `./bin/baton` in `/srv/app`
+    /// records `/srv/app/./bin/baton`.
+    pub fn program_path(&self) -> PathBuf {
+        self.program.components().collect()
     }
 
     /// The listener with this name (`http`, `admin`).
@@ -91,8 +139,14 @@ pub struct SupervisorRecord {
 }
 
 impl SupervisorRecord {
+    /// Unchecked, as `ServerRecord::read`.
     pub fn read(path: &Path) -> Option<SupervisorRecord> {
         read_json(path)
+    }
+
+    /// For a client, as `ServerRecord::read_trusted`.
+    pub fn read_trusted(path: &Path) -> Result<Option<SupervisorRecord>, PidFileError> {
+        read_json_trusted(path)
     }
 
     pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {

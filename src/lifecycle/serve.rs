@@ -5,16 +5,21 @@
 //! protocol a connection speaks (HTTP/2 gets GOAWAY, never `Connection: close`), and that a
 //! connection accepted but not yet read is not cancelled at the graceful step while its
 //! request may already be on the wire (hyper-util's auto builder does cancel those).
+//!
+//! Every connection is bounded (`[limits]`): in number per listener (`limits::Gate`), in time
+//! (`watch::Watchdog`, one timer per connection), in memory (HTTP/2 streams and send buffer,
+//! request bodies).
 
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::header::{CONNECTION, HeaderValue};
-use axum::http::{Request, Version};
+use axum::http::{Request, StatusCode, Version};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,32 +28,58 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::ADMIN_LISTENER;
+use super::acceptor::{Acceptor, Io, Protocol};
+use super::drain::Draining;
+use super::fds::{self, ADMIN_CONNECTIONS};
+use super::limits::{self, Cap, CloseReason, ConnLimits, Gate, Permit};
 use super::listeners::Bound;
 use super::state::ProcessState;
+use super::watch::{Activity, Tracked, Verdict, Watchdog, Watched};
+use crate::settings::SettingsStore;
 
-/// How long a new connection may stay silent before its first byte, like hyper's own
-/// header-read timeout: bounds what an idle client can hold.
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Back-off after an accept error such as EMFILE, so a full fd table does not spin a core.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// HTTP/2 keep-alive: a PING after this long without a frame from the client, and the
+/// connection closed if its answer takes longer than `H2_PING_TIMEOUT`. Finds a client that
+/// vanished with a stream open (SSE) long before TCP would.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The running server: its accept loops and its connections.
 #[derive(Debug)]
 pub(crate) struct Server {
-    /// Kept for the handover: the next generation gets duplicates of these sockets.
-    listeners: Vec<(String, Arc<TcpListener>)>,
+    /// Kept for the handover (the next generation gets duplicates of these sockets) and
+    /// through the successor's probation (to take the service back if it dies).
+    listeners: Vec<Listener>,
     acceptors: Vec<JoinHandle<()>>,
-    pub(super) stop_accepting: CancellationToken,
-    /// Cancelled at the graceful step of the drain: HTTP/1 connections finish their request in
-    /// flight and close; connections that never sent a byte are closed.
-    pub(super) graceful: CancellationToken,
-    pub(super) connections: TaskTracker,
+    stop_accepting: CancellationToken,
+    ctx: Context,
+}
+
+#[derive(Debug)]
+struct Listener {
+    name: String,
+    socket: Arc<TcpListener>,
+    endpoint: Endpoint,
+    /// Its open connections against its cap; kept across a rollback, as they are.
+    gate: Arc<Gate>,
+}
+
+/// What a listener's connections get: the application's acceptor, if any, then the router.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) router: Router,
+    /// `None`: plain HTTP, HTTP/2 told from HTTP/1 by its preface (h2c).
+    pub(crate) acceptor: Option<Arc<dyn Acceptor>>,
 }
 
 #[derive(Debug, Clone)]
 struct Context {
     process: ProcessState,
+    /// Cancelled at the graceful step of the drain: HTTP/1 connections finish their request in
+    /// flight and close; connections that never sent a byte are closed. A connection keeps the
+    /// token of the moment it was accepted: after a rollback, new ones get a fresh one.
     graceful: CancellationToken,
     connections: TaskTracker,
 }
@@ -56,56 +87,103 @@ struct Context {
 impl Server {
     /// Starts one accept loop per listener. Call only once the process is fully built: from
     /// here on it takes connections from the shared queue.
-    pub(crate) fn start(bound: Vec<(Bound, Router)>, process: &ProcessState) -> Server {
-        let stop_accepting = CancellationToken::new();
-        let ctx = Context {
-            process: process.clone(),
-            graceful: CancellationToken::new(),
-            connections: TaskTracker::new(),
+    pub(crate) fn start(
+        bound: Vec<(Bound, Endpoint)>,
+        process: &ProcessState,
+        settings: &Arc<SettingsStore>,
+    ) -> Server {
+        let public = fds::public_capacity();
+        let mut server = Server {
+            listeners: bound
+                .into_iter()
+                .map(|(b, endpoint)| {
+                    let cap = if b.info.name == ADMIN_LISTENER {
+                        Cap::Fixed(ADMIN_CONNECTIONS)
+                    } else {
+                        Cap::Public { fds: public }
+                    };
+                    Listener {
+                        name: b.info.name,
+                        socket: Arc::new(b.listener),
+                        endpoint,
+                        gate: Gate::new(cap, settings.clone()),
+                    }
+                })
+                .collect(),
+            acceptors: Vec::new(),
+            stop_accepting: CancellationToken::new(),
+            ctx: Context {
+                process: process.clone(),
+                graceful: CancellationToken::new(),
+                connections: TaskTracker::new(),
+            },
         };
-        let mut listeners = Vec::with_capacity(bound.len());
-        let mut acceptors = Vec::with_capacity(bound.len());
-        for (bound, router) in bound {
-            let listener = Arc::new(bound.listener);
-            listeners.push((bound.info.name, listener.clone()));
-            acceptors.push(tokio::spawn(accept_loop(
-                listener,
-                router,
-                ctx.clone(),
-                stop_accepting.clone(),
+        server.accept();
+        server
+    }
+
+    fn accept(&mut self) {
+        self.stop_accepting = CancellationToken::new();
+        for listener in &self.listeners {
+            self.acceptors.push(tokio::spawn(accept_loop(
+                listener.socket.clone(),
+                listener.endpoint.clone(),
+                listener.gate.clone(),
+                self.ctx.clone(),
+                self.stop_accepting.clone(),
             )));
-        }
-        Server {
-            listeners,
-            acceptors,
-            stop_accepting,
-            graceful: ctx.graceful,
-            connections: ctx.connections,
         }
     }
 
     /// The listening sockets by name, for the handover.
     pub(crate) fn listeners(&self) -> impl Iterator<Item = (&str, &TcpListener)> {
-        self.listeners.iter().map(|(n, l)| (n.as_str(), l.as_ref()))
+        self.listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.socket.as_ref()))
     }
 
-    /// Stops every accept loop and closes this process's copies of the listening sockets.
-    /// Connections waiting in the queue stay there for the next generation if it holds the
-    /// socket; otherwise new connections are refused at once rather than left hanging.
-    pub(crate) async fn stop_accepting(&mut self) {
+    /// Stops every accept loop. The sockets stay open (see [`close_listeners`]): connections
+    /// waiting in the queue stay there for the next generation, which holds the same socket.
+    ///
+    /// [`close_listeners`]: Self::close_listeners
+    pub(crate) async fn stop_accepting(&mut self) -> Draining {
+        let started = Instant::now();
         self.stop_accepting.cancel();
         for acceptor in self.acceptors.drain(..) {
             // A panicked accept loop has nothing left to stop.
             let _ = acceptor.await;
         }
+        self.ctx.connections.close();
+        Draining {
+            connections: self.ctx.connections.clone(),
+            graceful: self.ctx.graceful.clone(),
+            started,
+        }
+    }
+
+    /// Closes this process's copies of the listening sockets: without a next generation
+    /// holding them, new connections are refused at once rather than left hanging.
+    pub(crate) fn close_listeners(&mut self) {
         self.listeners.clear();
-        self.connections.close();
+    }
+
+    /// Accepts again from the same sockets after a drain began (a rollback). Connections
+    /// already told to close keep going as they were; new ones are served as before the drain.
+    pub(crate) fn resume(&mut self) {
+        // Connections that never reached the graceful step keep their token: the next drain
+        // must still reach them.
+        if self.ctx.graceful.is_cancelled() {
+            self.ctx.graceful = CancellationToken::new();
+        }
+        self.ctx.connections.reopen();
+        self.accept();
     }
 }
 
 async fn accept_loop(
     listener: Arc<TcpListener>,
-    router: Router,
+    endpoint: Endpoint,
+    gate: Arc<Gate>,
     ctx: Context,
     stop: CancellationToken,
 ) {
@@ -118,10 +196,22 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, _peer)) => {
+                let Some((limits, permit)) = gate.enter() else {
+                    // Over the cap: closed at once, so a flood costs an accept, not an fd
+                    // held until some timeout.
+                    ctx.process.limit_counters().record_rejected();
+                    drop(stream);
+                    continue;
+                };
                 // Small responses go out at once rather than waiting on Nagle.
                 let _ = stream.set_nodelay(true);
-                ctx.connections
-                    .spawn(serve_connection(stream, router.clone(), ctx.clone()));
+                ctx.connections.spawn(serve_connection(
+                    stream,
+                    endpoint.clone(),
+                    ctx.clone(),
+                    limits,
+                    permit,
+                ));
             }
             Err(err) if is_per_connection(&err) => {}
             Err(err) => {
@@ -141,105 +231,217 @@ fn is_per_connection(err: &std::io::Error) -> bool {
     )
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    Http1,
-    Http2,
-}
-
-async fn serve_connection(stream: TcpStream, router: Router, ctx: Context) {
+async fn serve_connection(
+    stream: TcpStream,
+    endpoint: Endpoint,
+    ctx: Context,
+    limits: ConnLimits,
+    _permit: Permit,
+) {
     let _open = ctx.process.connection_opened();
-    let protocol = tokio::select! {
+    let accepted = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let mut io = Watched::new(stream, activity.clone());
+    // With an acceptor (TLS) this only waits for the first bytes: a ClientHello is never the
+    // HTTP/2 preface, and the protocol comes from the acceptor (ALPN).
+    let http2 = tokio::select! {
         // Bytes already received win over the graceful step: they are a request to answer.
         biased;
-        sniffed = tokio::time::timeout(FIRST_BYTE_TIMEOUT, sniff(&stream)) => match sniffed {
-            Ok(Ok(protocol)) => protocol,
-            // Closed, failed or silent before its first byte: there is no request to lose.
-            _ => return,
+        sniffed = tokio::time::timeout(limits.header_read_timeout, io.sniff()) => match sniffed {
+            Ok(Ok(http2)) => http2,
+            // Closed or failed before its first bytes: there is no request to lose.
+            Ok(Err(_)) => return,
+            Err(_elapsed) => {
+                ctx.process.limit_counters().record_closed(CloseReason::HeaderTimeout);
+                return;
+            }
         },
         // Silent through the whole lame duck, like an idle keep-alive connection: close it.
         () = ctx.graceful.cancelled() => return,
     };
+    let Endpoint { router, acceptor } = endpoint;
+    let Some(acceptor) = acceptor else {
+        let watchdog = Watchdog::new(limits, http2, accepted);
+        let conn = Established {
+            http2,
+            activity,
+            watchdog,
+            limits,
+        };
+        return serve_http(io, conn, router, ctx).await;
+    };
+    // Not cut at the graceful step: the client has spoken, as for a request on the wire; the
+    // acceptor's own timeout bounds the handshake. The socket under it stays watched, so the
+    // watchdog sees the encrypted bytes move.
+    let Some(tls) = acceptor.accept(Box::new(io)).await else {
+        return;
+    };
+    let http2 = tls.protocol == Protocol::Http2;
+    // The handshake's bytes are not HTTP: the first request gets its whole header bound
+    // from here (the handshake had its own).
+    let watchdog = Watchdog::new(limits, http2, accepted)
+        .after_handshake(activity.seen().read, Instant::now());
+    let conn = Established {
+        http2,
+        activity,
+        watchdog,
+        limits,
+    };
+    serve_http(tls.stream, conn, router, ctx).await;
+}
+
+/// A connection HTTP is about to be served on, with what keeps it within its bounds.
+struct Established {
+    http2: bool,
+    activity: Arc<Activity>,
+    watchdog: Watchdog,
+    limits: ConnLimits,
+}
+
+/// Serves HTTP on an established stream until the client, the watchdog or the drain ends it.
+async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context) {
+    let Established {
+        http2,
+        activity,
+        watchdog,
+        limits,
+    } = conn;
+    let _wire = ctx.process.connection_speaks(http2);
     let process = ctx.process.clone();
+    let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
         let process = process.clone();
+        let (mut in_flight, number) = service_activity.begin();
         async move {
             let http1 = request.version() < Version::HTTP_2;
-            let mut response = router.oneshot(request.map(Body::new)).await?;
+            let last = number >= limits.requests_per_connection;
+            let mut response = match limits::refuse(&request, limits.max_body_bytes) {
+                Some(refused) => refused,
+                None => {
+                    let limited = |body| Body::new(Limited::new(body, limits.max_body_bytes));
+                    router.oneshot(request.map(limited)).await?
+                }
+            };
+            in_flight.handled();
             // Checked after the handler ran, so a request that began before the drain also
-            // tells its client to reconnect (to the next generation) after this response.
-            if http1 && process.is_draining() {
+            // tells its client to reconnect (to the next generation) after this response. Not
+            // on a protocol switch: that would replace its `Connection: upgrade` and break the
+            // handshake; the long-lived response it starts is told of the drain itself.
+            if http1
+                && (last || process.is_draining())
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
-    let io = TokioIo::new(stream);
-    let result = match protocol {
-        Protocol::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(io, service)
-                .with_upgrades();
-            drive(conn, ctx.graceful.cancelled(), |c| c.graceful_shutdown()).await
-        }
-        Protocol::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, service);
-            // GOAWAY is graceful by design (the client learns which streams were taken), so
-            // HTTP/2 gets it as soon as the drain begins rather than at the graceful step.
-            drive(conn, ctx.process.drain_started(), |c| c.graceful_shutdown()).await
-        }
+    let watch = Watch {
+        watchdog,
+        activity,
+        process: &ctx.process,
+    };
+    let result = if http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_send_buf_size(limits.h2_max_send_buffer_bytes)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        // GOAWAY is graceful by design (the client learns which streams were taken), so
+        // HTTP/2 gets it as soon as the drain begins rather than at the graceful step.
+        drive(
+            conn,
+            ctx.process.drain_started(),
+            |c| c.graceful_shutdown(),
+            watch,
+        )
+        .await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            // The watchdog bounds request heads, with no timer per request.
+            .header_read_timeout(None)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        drive(
+            conn,
+            ctx.graceful.cancelled(),
+            |c| c.graceful_shutdown(),
+            watch,
+        )
+        .await
     };
     if let Err(err) = result {
+        // One line per misbehaving client would let clients write our logs.
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }
 
-/// Runs a connection to its end, asking it to shut down gracefully once `signal` fires.
+/// What `drive` needs to keep a connection within its bounds.
+struct Watch<'a> {
+    watchdog: Watchdog,
+    activity: Arc<Activity>,
+    process: &'a ProcessState,
+}
+
+/// Runs a connection to its end, asking it to shut down gracefully once `signal` fires or the
+/// watchdog asks for it, and dropping it when the watchdog says its client is at fault.
 async fn drive<C, S>(
     conn: C,
     signal: S,
-    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+    shutdown: impl Fn(std::pin::Pin<&mut C>),
+    mut watch: Watch<'_>,
 ) -> hyper::Result<()>
 where
     C: Future<Output = hyper::Result<()>>,
     S: Future<Output = ()>,
 {
     let mut conn = pin!(conn);
-    tokio::select! {
-        // The connection first: a request whose bytes have arrived is read (and so finished,
-        // not dropped) before a graceful shutdown that is ready at the same moment.
-        biased;
-        result = conn.as_mut() => result,
-        () = signal => {
-            shutdown(conn.as_mut());
-            conn.await
+    let mut signal = pin!(signal);
+    let mut signalled = false;
+    let mut shut_down = false;
+    let first = watch.watchdog.next_check(Instant::now());
+    let tick = tokio::time::sleep_until(tokio::time::Instant::from_std(first));
+    let mut tick = pin!(tick);
+    loop {
+        tokio::select! {
+            // The connection first: a request whose bytes have arrived is read (and so
+            // finished, not dropped) before a shutdown that is ready at the same moment.
+            biased;
+            result = conn.as_mut() => return result,
+            () = signal.as_mut(), if !signalled => {
+                signalled = true;
+                watch.watchdog.closing(Instant::now());
+                if !std::mem::replace(&mut shut_down, true) {
+                    shutdown(conn.as_mut());
+                }
+            }
+            () = tick.as_mut() => {
+                let now = Instant::now();
+                match watch.watchdog.check(watch.activity.seen(), now) {
+                    Verdict::Fine => {}
+                    Verdict::Close(reason) => {
+                        tracing::debug!(reason = reason.label(), "closing a connection");
+                        watch.process.limit_counters().record_closed(reason);
+                        watch.watchdog.closing(now);
+                        if !std::mem::replace(&mut shut_down, true) {
+                            shutdown(conn.as_mut());
+                        }
+                    }
+                    Verdict::Cut(reason) => {
+                        tracing::debug!(reason = reason.label(), "cutting a connection");
+                        watch.process.limit_counters().record_closed(reason);
+                        return Ok(());
+                    }
+                }
+                let next = watch.watchdog.next_check(now);
+                tick.as_mut().reset(tokio::time::Instant::from_std(next));
+            }
         }
     }
-}
-
-/// Tells HTTP/2 (prior knowledge, h2c) from HTTP/1 by peeking at the first bytes, without
-/// consuming them.
-async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    // A client that sends the preface in several segments is waited for, boundedly.
-    for _ in 0..1000 {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if !H2_PREFACE.starts_with(&buf[..n]) {
-            return Ok(Protocol::Http1);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(Protocol::Http2);
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Ok(Protocol::Http1)
 }

@@ -4,9 +4,10 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{Signal, kill};
@@ -15,9 +16,11 @@ use std::process::Command;
 use tokio::io::AsyncReadExt;
 
 use super::handover::{
-    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, PARENT_PID,
-    PROTOCOL_VARS, READY_FD, READY_MESSAGE, SUPERVISOR_PID,
+    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, ORDERS_FD,
+    PARENT_PID, PROBATION_MS, PROTOCOL_VARS, READY_FD, READY_MESSAGE, RELEASE_MESSAGE, STATE_FD,
+    SUPERVISOR_PID,
 };
+use super::lineage::HandoverTimes;
 
 /// Inherited fds start at 3, as in systemd's protocol.
 const FIRST_FD: i32 = 3;
@@ -55,6 +58,8 @@ pub enum UpgradeError {
     Timeout { pid: u32, timeout: Duration },
     #[error("the new process (pid {pid}) broke the readiness protocol: {detail}")]
     Protocol { pid: u32, detail: String },
+    #[error("stopped the new process (pid {pid}): a shutdown was requested during the upgrade")]
+    Stopped { pid: u32 },
 }
 
 /// What the next process is told besides its sockets.
@@ -67,83 +72,224 @@ pub(crate) struct Handover {
     /// Set in supervised mode: the new process is a worker of this supervisor.
     pub(crate) supervisor_pid: Option<u32>,
     pub(crate) from_systemd: bool,
+    /// Direct mode: how long the parent stands by after "ready", for the child's records.
+    pub(crate) probation: Option<Duration>,
 }
 
-/// A started process that has not yet said it is ready.
+/// A started process that has not yet said it is ready. The supervisor's side: it keeps no
+/// handle on the child and reaps every child with `waitpid(-1)`.
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: u32,
-    /// Held only so the process can be waited for in direct mode; the supervisor reaps with
-    /// `waitpid(-1)` instead and never waits on it.
-    pub(crate) child: std::process::Child,
     pub(crate) ready: std::io::PipeReader,
+    /// Where the supervisor writes its orders to this worker (see `ORDERS_FD`).
+    pub(crate) orders: std::io::PipeWriter,
+    /// Where the supervisor relays the previous worker's state (see `carry`).
+    pub(crate) state: std::io::PipeWriter,
 }
 
-/// Starts `image` with `listeners` (duplicates of ours, by name) and a readiness pipe.
+/// Starts `image` with `listeners` (duplicates of ours, by name) and a readiness pipe, for a
+/// supervisor that reaps its children itself.
 pub(crate) fn spawn_process(
     image: &ExecImage,
     listeners: Vec<(String, OwnedFd)>,
     handover: Handover,
 ) -> Result<Spawned, UpgradeError> {
-    check_executable(&image.program)?;
-    let (reader, writer) = std::io::pipe().map_err(|source| UpgradeError::Spawn {
+    let (orders_reader, orders) = std::io::pipe().map_err(|source| UpgradeError::Spawn {
         path: image.program.clone(),
         source,
     })?;
-    let child = spawn(image, listeners, writer, handover)?;
+    let Prepared {
+        mut command,
+        ready,
+        state,
+    } = prepare(image, listeners, handover, Some(orders_reader))?;
+    // Its own process group: a Ctrl-C in a terminal reaches the supervisor only, which then
+    // drains its workers once, rather than every worker seeing a second, fatal, signal.
+    command.process_group(0);
+    let child = command.spawn().map_err(|source| UpgradeError::Spawn {
+        path: image.program.clone(),
+        source,
+    })?;
+    // The Command holds our copies of the mapped fds, the pipe's write end among them: drop it
+    // now or end-of-file never comes when the child dies.
+    drop(command);
     let pid = child.id();
-    tracing::info!(
-        pid,
-        generation = handover.generation,
-        program = %image.program.display(),
-        "started the next generation; waiting for it to be ready"
-    );
+    log_started(pid, handover, image);
     Ok(Spawned {
         pid,
-        child,
-        ready: reader,
+        ready,
+        orders,
+        state,
     })
 }
 
-/// Direct mode: starts the next generation and waits for it to be ready. On failure the child
-/// is stopped (SIGTERM, then SIGKILL after `stop_grace`) and reaped in the background, so the
-/// next upgrade can start at once. On success it is not ours to stop any more: it runs on
-/// (and is reparented) when we exit.
+/// A next generation that said it is ready, watched through its probation: by its process
+/// (not the pipe, which a grandchild may hold open) and by the rest of the readiness pipe, on
+/// which it says when it moves on.
+#[derive(Debug)]
+pub(crate) struct Successor {
+    pub(crate) pid: u32,
+    child: tokio::process::Child,
+    link: Option<LineReader>,
+    /// Where this generation's final state goes (see `carry`).
+    state: Option<std::io::PipeWriter>,
+    /// How long it took to start and to be ready (see `lineage`).
+    pub(crate) times: HandoverTimes,
+}
+
+/// What ends a standby.
+#[derive(Debug)]
+pub(crate) enum SuccessorEvent {
+    /// The successor exited; how, in words.
+    Exited(String),
+    /// The successor moved on (an upgrade of its own, or a shutdown): no rollback any more.
+    Released,
+}
+
+impl Successor {
+    /// The pipe for the final batch of state, kept after the standby ends.
+    pub(crate) fn take_state(&mut self) -> Option<std::io::PipeWriter> {
+        self.state.take()
+    }
+
+    /// Stops it (SIGTERM: it drains) and reaps it; SIGKILL after `grace`.
+    pub(crate) async fn stop(self, grace: Duration) {
+        stop_and_reap(self.child, self.pid, grace).await;
+    }
+
+    pub(crate) async fn next_event(&mut self) -> SuccessorEvent {
+        loop {
+            let Some(link) = self.link.as_mut() else {
+                return SuccessorEvent::Exited(exit_description(self.child.wait().await));
+            };
+            tokio::select! {
+                status = self.child.wait() => return SuccessorEvent::Exited(exit_description(status)),
+                line = link.line() => match line.as_deref() {
+                    Ok(RELEASE_MESSAGE) => return SuccessorEvent::Released,
+                    // Closed or garbled: only the process itself is watched from here.
+                    _ => self.link = None,
+                },
+            }
+        }
+    }
+}
+
+fn exit_description(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => describe(status),
+        Err(err) => format!("could not be waited for: {err}"),
+    }
+}
+
+/// Direct mode: starts the next generation and waits for it to be ready, or for `stop` (a
+/// shutdown requested meanwhile). On failure, or on `stop`, the child is stopped (SIGTERM,
+/// then SIGKILL after `stop_grace`) and reaped: in the background on failure, so that the
+/// next upgrade can start at once; before returning on `stop`, so that nothing is left.
 pub(crate) async fn start_successor(
     image: &ExecImage,
     listeners: Vec<(String, OwnedFd)>,
     handover: Handover,
-    ready_timeout: Duration,
-    stop_grace: Duration,
-) -> Result<u32, UpgradeError> {
-    let Spawned {
-        pid,
-        mut child,
+    timeouts: (Duration, Duration),
+    start_batch: Vec<(String, String)>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<Successor, UpgradeError> {
+    let (ready_timeout, stop_grace) = timeouts;
+    let requested = Instant::now();
+    let Prepared {
+        command,
         ready,
-    } = spawn_process(image, listeners, handover)?;
-    match wait_ready(pid, ready, ready_timeout).await {
-        Ok(()) => Ok(pid),
-        Err(mut err) => {
-            if let UpgradeError::Exited { status, .. } = &mut err
-                && let Some(exit) = exit_status_soon(&mut child).await
-            {
-                *status = describe(exit);
-            }
+        mut state,
+    } = prepare(image, listeners, handover, None)?;
+    let mut command = tokio::process::Command::from(command);
+    let spawned = command.spawn();
+    let spawned_after = requested.elapsed();
+    drop(command);
+    let mut child = spawned.map_err(|source| UpgradeError::Spawn {
+        path: image.program.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    log_started(pid, handover, image);
+    // Small, and the child reads it first thing: the pipe's buffer takes it at once.
+    if let Err(err) = super::carry::write_batch(&mut state, start_batch, true) {
+        tracing::warn!(pid, error = %err, "could not hand the state over to the next generation");
+    }
+    let mut link = LineReader::new(OwnedFd::from(ready)).map_err(|e| protocol_error(pid, e))?;
+    let outcome = tokio::select! {
+        // The process first: a child that said ready and died at once is no successor.
+        biased;
+        status = child.wait() => Err(last_word(pid, &mut link, exit_description(status)).await),
+        () = stop.cancelled() => Err(UpgradeError::Stopped { pid }),
+        ready = tokio::time::timeout(ready_timeout, link.line()) => match ready {
+            Err(_) => Err(UpgradeError::Timeout { pid, timeout: ready_timeout }),
+            Ok(Ok(line)) if line.is_empty() => Err(closed_or_exited(pid, &mut child).await),
+            Ok(line) => parse_ready(pid, line),
+        },
+    };
+    match outcome {
+        Ok(()) => Ok(Successor {
+            pid,
+            child,
+            link: Some(link),
+            state: Some(state),
+            times: HandoverTimes {
+                spawned: spawned_after,
+                ready: requested.elapsed(),
+            },
+        }),
+        Err(err @ UpgradeError::Stopped { .. }) => {
+            stop_and_reap(child, pid, stop_grace).await;
+            Err(err)
+        }
+        Err(err) => {
             tokio::spawn(stop_and_reap(child, pid, stop_grace));
             Err(err)
         }
     }
 }
 
-/// The exit status of a child that is dying, if it comes within a second.
-async fn exit_status_soon(child: &mut std::process::Child) -> Option<ExitStatus> {
-    for _ in 0..50 {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// How long a child that exited is given to have said why: its line is already in the pipe,
+/// and a grandchild may hold the pipe open, so this never waits for more.
+pub(crate) const LAST_WORDS: Duration = Duration::from_millis(100);
+
+/// Why a child that exited before it was ready did: the error it wrote on the pipe before it
+/// exited, if any (already in the pipe, so a short wait suffices even when a grandchild holds
+/// the pipe open), else how it exited.
+async fn last_word(pid: u32, link: &mut LineReader, status: String) -> UpgradeError {
+    match tokio::time::timeout(LAST_WORDS, link.line()).await {
+        Ok(line @ Ok(_)) => match parse_ready(pid, line) {
+            Err(reported @ UpgradeError::Reported { .. }) => reported,
+            Ok(()) => UpgradeError::Exited {
+                pid,
+                status: format!("{status}, right after it said ready"),
+            },
+            Err(_) => UpgradeError::Exited { pid, status },
+        },
+        _ => UpgradeError::Exited { pid, status },
     }
-    None
+}
+
+/// The pipe closed without a word before "ready": usually the child died (its pipe closes as it
+/// exits, before its parent can see the exit), and its exit, a moment later, says how, e.g.
+/// killed by SIGSEGV. A child that closed the pipe and lives on is not waited for long.
+async fn closed_or_exited(pid: u32, child: &mut tokio::process::Child) -> UpgradeError {
+    // Longer than `last_word`'s wait: the exit is seen through SIGCHLD and a reaper task, which
+    // a loaded machine delays more than bytes already in a pipe.
+    let status = match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+        Ok(status) => exit_description(status),
+        Err(_) => "it closed the readiness pipe".to_owned(),
+    };
+    UpgradeError::Exited { pid, status }
+}
+
+fn log_started(pid: u32, handover: Handover, image: &ExecImage) {
+    tracing::info!(
+        pid,
+        generation = handover.generation,
+        program = %image.program.display(),
+        "started the next generation; waiting for it to be ready"
+    );
 }
 
 fn check_executable(path: &std::path::Path) -> Result<(), UpgradeError> {
@@ -163,12 +309,22 @@ fn check_executable(path: &std::path::Path) -> Result<(), UpgradeError> {
     }
 }
 
-fn spawn(
+/// The command that starts the next generation, and the read end of its readiness pipe.
+fn prepare(
     image: &ExecImage,
     listeners: Vec<(String, OwnedFd)>,
-    ready_writer: std::io::PipeWriter,
     handover: Handover,
-) -> Result<std::process::Child, UpgradeError> {
+    orders: Option<std::io::PipeReader>,
+) -> Result<Prepared, UpgradeError> {
+    check_executable(&image.program)?;
+    let pipe = || {
+        std::io::pipe().map_err(|source| UpgradeError::Spawn {
+            path: image.program.clone(),
+            source,
+        })
+    };
+    let (reader, ready_writer) = pipe()?;
+    let (state_reader, state_writer) = pipe()?;
     let count = listeners.len();
     let names: Vec<String> = listeners.iter().map(|(name, _)| name.clone()).collect();
     let mut mappings = Vec::with_capacity(count + 1);
@@ -183,6 +339,19 @@ fn spawn(
         parent_fd: OwnedFd::from(ready_writer),
         child_fd: ready_fd,
     });
+    let state_fd = ready_fd + 1;
+    mappings.push(FdMapping {
+        parent_fd: OwnedFd::from(state_reader),
+        child_fd: state_fd,
+    });
+    let orders_fd = state_fd + 1;
+    let has_orders = orders.is_some();
+    if let Some(orders) = orders {
+        mappings.push(FdMapping {
+            parent_fd: OwnedFd::from(orders),
+            child_fd: orders_fd,
+        });
+    }
 
     let mut command = Command::new(&image.program);
     command
@@ -198,6 +367,7 @@ fn spawn(
         .env(LISTEN_FDS, count.to_string())
         .env(LISTEN_FDNAMES, names.join(":"))
         .env(READY_FD, ready_fd.to_string())
+        .env(STATE_FD, state_fd.to_string())
         .env(GENERATION, handover.generation.to_string());
     if let Some(parent) = handover.parent_pid {
         command.env(PARENT_PID, parent.to_string());
@@ -211,41 +381,52 @@ fn spawn(
     if handover.from_systemd {
         command.env(FROM_SYSTEMD, "1");
     }
+    if has_orders {
+        command.env(ORDERS_FD, orders_fd.to_string());
+    }
+    if let Some(probation) = handover.probation {
+        command.env(PROBATION_MS, probation.as_millis().to_string());
+    }
     // command-fds dup2()s each fd to its number in the child and clears close-on-exec only
     // there, so nothing else of ours crosses (it also handles an fd already at its target).
     command
         .fd_mappings(mappings)
         .map_err(|e| UpgradeError::Sockets(e.to_string()))?;
-    let child = command.spawn().map_err(|source| UpgradeError::Spawn {
-        path: image.program.clone(),
-        source,
-    });
-    // The Command holds our copies of the mapped fds, the pipe's write end among them: drop it
-    // now or end-of-file never comes when the child dies.
-    drop(command);
-    child
+    Ok(Prepared {
+        command,
+        ready: reader,
+        state: state_writer,
+    })
 }
 
-/// Waits for the readiness line. End of file is reported as `Exited` with a placeholder
-/// status the caller may refine (only it knows how its children are reaped).
+/// A command ready to start the next generation, with our ends of its pipes.
+struct Prepared {
+    command: Command,
+    ready: std::io::PipeReader,
+    /// The write end of its state pipe (see `carry`).
+    state: std::io::PipeWriter,
+}
+
+/// Waits for the readiness line (the supervisor's side; it learns of a death by reaping).
+/// Returns the pipe, on which a ready worker goes on to hand over its state (see `carry`).
 pub(crate) async fn wait_ready(
     pid: u32,
     reader: std::io::PipeReader,
     ready_timeout: Duration,
-) -> Result<(), UpgradeError> {
+) -> Result<LineReader, UpgradeError> {
+    let mut reader = LineReader::new(OwnedFd::from(reader)).map_err(|e| protocol_error(pid, e))?;
+    match tokio::time::timeout(ready_timeout, reader.line()).await {
+        Err(_) => Err(UpgradeError::Timeout {
+            pid,
+            timeout: ready_timeout,
+        }),
+        Ok(line) => parse_ready(pid, line).map(|()| reader),
+    }
+}
+
+fn parse_ready(pid: u32, line: std::io::Result<String>) -> Result<(), UpgradeError> {
     let protocol = |detail: String| UpgradeError::Protocol { pid, detail };
-    let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
-        .map_err(|e| protocol(format!("cannot read the readiness pipe: {e}")))?;
-    let line = match tokio::time::timeout(ready_timeout, read_line(&mut reader)).await {
-        Err(_) => {
-            return Err(UpgradeError::Timeout {
-                pid,
-                timeout: ready_timeout,
-            });
-        }
-        Ok(Err(e)) => return Err(protocol(format!("reading the readiness pipe: {e}"))),
-        Ok(Ok(line)) => line,
-    };
+    let line = line.map_err(|e| protocol(format!("reading the readiness pipe: {e}")))?;
     let (word, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
     match word {
         READY_MESSAGE if rest == pid.to_string() => Ok(()),
@@ -263,18 +444,52 @@ pub(crate) async fn wait_ready(
     }
 }
 
-async fn read_line(reader: &mut tokio::net::unix::pipe::Receiver) -> std::io::Result<String> {
-    let mut buf = Vec::with_capacity(64);
-    let mut chunk = [0u8; 256];
-    while !buf.contains(&b'\n') && buf.len() < MAX_MESSAGE {
-        let n = reader.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+fn protocol_error(pid: u32, err: std::io::Error) -> UpgradeError {
+    UpgradeError::Protocol {
+        pid,
+        detail: format!("cannot read the readiness pipe: {err}"),
     }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    Ok(String::from_utf8_lossy(line).trim().to_owned())
+}
+
+/// The read end of a pipe of the handover protocol, one line at a time (a line read together
+/// with the next one keeps the rest for later).
+#[derive(Debug)]
+pub(crate) struct LineReader {
+    pipe: tokio::net::unix::pipe::Receiver,
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    pub(crate) fn new(fd: OwnedFd) -> std::io::Result<LineReader> {
+        LineReader::with_buffer(fd, Vec::with_capacity(64))
+    }
+
+    /// Like `new`, for a pipe of which `buf` was already read.
+    pub(crate) fn with_buffer(fd: OwnedFd, buf: Vec<u8>) -> std::io::Result<LineReader> {
+        Ok(LineReader {
+            pipe: tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?,
+            buf,
+        })
+    }
+
+    /// The next line, trimmed; empty at end of file.
+    pub(crate) async fn line(&mut self) -> std::io::Result<String> {
+        let mut chunk = [0u8; 256];
+        while !self.buf.contains(&b'\n') && self.buf.len() < MAX_MESSAGE {
+            let n = self.pipe.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(self.buf.len(), |i| i + 1);
+        let line: Vec<u8> = self.buf.drain(..end).collect();
+        Ok(String::from_utf8_lossy(&line).trim().to_owned())
+    }
 }
 
 pub(crate) fn describe(status: ExitStatus) -> String {
@@ -291,30 +506,22 @@ pub(crate) fn describe(status: ExitStatus) -> String {
 
 /// SIGTERM first: a child that began accepting just as the deadline passed drains its
 /// connections rather than resetting them. SIGKILL if it is still there after `grace`.
-async fn stop_and_reap(mut child: std::process::Child, pid: u32, grace: Duration) {
+async fn stop_and_reap(mut child: tokio::process::Child, pid: u32, grace: Duration) {
     terminate(pid);
-    let deadline = tokio::time::Instant::now() + grace;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                // SIGKILL cannot be ignored: the wait is short.
-                break tokio::task::spawn_blocking(move || child.wait())
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            }
-            Err(err) => break Err(err),
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            tracing::warn!(pid, ?grace, "the next generation ignored SIGTERM: SIGKILL");
+            // SIGKILL cannot be ignored: the wait is short.
+            let _ = child.start_kill();
+            child.wait().await
         }
     };
     match status {
         Ok(status) => {
-            tracing::info!(pid, status = %describe(status), "failed next generation reaped")
+            tracing::info!(pid, status = %describe(status), "stopped next generation reaped")
         }
-        Err(err) => tracing::warn!(pid, error = %err, "could not reap the failed next generation"),
+        Err(err) => tracing::warn!(pid, error = %err, "could not reap the next generation"),
     }
 }
 

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # End-to-end check of zero-downtime upgrades with wrk (issue 3, "done when"): a release build of
-# baton serves from a scratch directory while `wrk -t2 -c64 -d30s` loads it, and
+# baton serves from a scratch directory while `wrk -t2 -c64 -d45s` loads it, and
 # scripts/restart.sh upgrades it ten times, as a user does after `cargo build --release`. Then,
 # still under load, a broken build is installed (`restart.sh PATH`: must fail, put the good
 # binary back and change nothing), a good one is installed by path and rolled back
 # (`restart.sh --rollback`). Fails on any wrk "Socket errors" or "Non-2xx" line, on a failed
-# upgrade, or if the service stops answering. Prints wrk's figures.
+# upgrade, if the service stops answering, or if `baton_requests_total` goes back at an
+# upgrade or ends below what wrk sent (issue 13: counters carry across generations). Prints
+# wrk's figures.
 #
 #   tests/e2e/wrk-upgrade.sh [-h]
 #
 # Environment (defaults in brackets):
-#   WRK_DURATION     seconds of load [30]
+#   WRK_DURATION     seconds of load [45]
 #   WRK_CONNECTIONS  wrk connections [64]
 #   WRK_THREADS      wrk threads [2]
 #   UPGRADES         upgrades during the load [10]
@@ -54,7 +56,7 @@ case $# in
         ;;
 esac
 
-duration="${WRK_DURATION:-30}"
+duration="${WRK_DURATION:-45}"
 connections="${WRK_CONNECTIONS:-64}"
 threads="${WRK_THREADS:-2}"
 upgrades="${UPGRADES:-10}"
@@ -68,6 +70,8 @@ for cmd in cargo wrk curl; do
 done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=tests/e2e/lib.sh
+source "$repo/tests/e2e/lib.sh"
 restart="$repo/scripts/restart.sh"
 
 # --- Clean-up: stop what we started, whatever happens ---
@@ -75,29 +79,8 @@ restart="$repo/scripts/restart.sh"
 work=
 wrk_pid=
 cleanup() {
-    local rc=$? pid
-    if [[ -n "$wrk_pid" ]] && kill -0 "$wrk_pid" 2>/dev/null; then
-        kill "$wrk_pid" 2>/dev/null || true
-        wait "$wrk_pid" 2>/dev/null || true
-    fi
-    if [[ -n "$work" && -x "$work/bin/baton" ]]; then
-        # Only the pid our own pid file names, verified by `baton stop` to be that baton.
-        (cd "$work" && ./bin/baton stop --timeout 20s >/dev/null 2>&1) || true
-    fi
-    if [[ -n "$work" && -f "$work/started.pids" ]]; then
-        # Any generation still there (a failed stop): kill exactly the pids seen here, and only
-        # while they still run in our directory (a pid may have been reused meanwhile).
-        while read -r pid; do
-            if [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$work" ]]; then
-                kill -KILL "$pid" 2>/dev/null || true
-            fi
-        done <"$work/started.pids"
-    fi
-    if ((rc != 0)) && [[ -n "$work" && -f "$work/log/baton.log" ]]; then
-        echo "--- last lines of baton's log:" >&2
-        tail -n 40 -- "$work/log/baton.log" >&2 || true
-    fi
-    [[ -z "$work" ]] || rm -rf -- "$work"
+    local rc=$?
+    stop_deployment "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -105,12 +88,7 @@ trap 'exit 130' INT TERM
 
 # --- Build and lay out a deployment directory ---
 
-say "building the release binary"
-(cd "$repo" && cargo build --release --locked --bin baton)
-target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-release_bin="$target_dir/release/baton"
-[[ -x "$release_bin" ]] || die "cannot find the release binary at $release_bin"
+build_release_baton
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/baton-wrk.XXXXXX")"
 mkdir -p "$work/bin" "$work/config" "$work/log"
@@ -131,6 +109,9 @@ shutdown_timeout = "30s"
 
 [upgrade]
 ready_timeout = "30s"
+# Each upgrade waits through the probation (tested on its own in tests/faults.rs); a short one
+# keeps the ten upgrades inside the load.
+probation = "500ms"
 EOF
 # A "build" that cannot even start.
 printf '#!/bin/sh\nexit 1\n' >"$work/broken-baton"
@@ -172,6 +153,19 @@ addr="$(sed -n 's/.* http=\([0-9.]*:[0-9]*\).*/\1/p' <<<"$status")"
 [[ -n "$addr" ]] || die "cannot find the http address in: $status"
 url="http://$addr/"
 curl -fsS --max-time 5 "$url" >/dev/null || die "baton does not answer $url"
+admin="$(sed -n 's/.* admin=\([0-9.]*:[0-9]*\).*/\1/p' <<<"$status")"
+[[ -n "$admin" ]] || die "cannot find the admin address in: $status"
+
+# baton_requests_total, all classes: it carries across upgrades, so it must never go back.
+requests_total() {
+    curl -fsS --max-time 5 "http://$admin/metrics" |
+        awk '/^baton_requests_total\{/ { sum += $2 } END { printf "%d\n", sum }'
+}
+# Read whole first: `grep -q` stops at the first match, and curl, still writing, would fail the
+# pipeline (pipefail).
+metrics="$(curl -fsS --max-time 5 "http://$admin/metrics")" || die "GET /metrics failed"
+grep -q '^baton_request_duration_seconds_bucket{route="/"' <<<"$metrics" ||
+    die "/metrics has no request duration histogram for /"
 
 say "wrk -t$threads -c$connections -d${duration}s $url, with $upgrades upgrades"
 wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "$url" >"$work/wrk.out" 2>&1 &
@@ -185,12 +179,15 @@ pause() {
 
 pause
 for ((i = 1; i <= upgrades; i++)); do
+    before="$(requests_total)"
     restart_sh || die "upgrade $i failed"
     old="$pid"
     pid="$(new_pid)"
     say "upgrade $i: $out"
-    # The next upgrade is refused while the replaced generation still drains.
+    # The replaced generation exits once drained, past its probation.
     wait_gone "$old"
+    after="$(requests_total)"
+    ((after >= before)) || die "baton_requests_total went back at upgrade $i: $before -> $after"
     pause
 done
 
@@ -238,4 +235,14 @@ if grep -qE 'Socket errors|Non-2xx' "$work/wrk.out"; then
     die "requests failed during the upgrades: $(grep -E 'Socket errors|Non-2xx' "$work/wrk.out")"
 fi
 grep -q 'Requests/sec' "$work/wrk.out" || die "wrk printed no figures"
-echo "ok: $upgrades upgrades, a broken build refused, an install and a rollback: no failed request"
+# Every request wrk saw answered was counted by the generation that answered it, and carried
+# to the last one (curl's own requests add a few).
+# The last replaced generation's final count reaches its successor just after it exits.
+sent="$(awk '/requests in/ { print $1 }' "$work/wrk.out")"
+polls=100
+while counted="$(requests_total)" && ((counted < sent)); do
+    ((polls-- > 0)) || die "baton_requests_total is $counted, below the $sent requests wrk sent"
+    sleep 0.1
+done
+echo "--- baton_requests_total after the run: $counted (wrk: $sent requests)"
+echo "ok: $upgrades upgrades, a broken build refused, an install and a rollback: no failed request, no counter gone back"

@@ -1,8 +1,8 @@
 //! One request with std's blocking socket, for tests and tools that have no async runtime.
 //!
-//! A deliberately small HTTP/1.1 client: one `GET` with `Connection: close`, the response framed
-//! by `Content-Length`, chunked encoding or end of stream. It reports failures with the same
-//! [`Failure`] kinds as the async client.
+//! A deliberately small HTTP/1.1 client: one `GET` (or a `POST` of JSON, or a `DELETE`) with
+//! `Connection: close`, the response framed by `Content-Length`, chunked encoding or end of
+//! stream. It reports failures with the same [`Failure`] kinds as the async client.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,6 +30,43 @@ const MAX_HEADERS: usize = 100;
 /// short of its `Content-Length` or last chunk), [`Failure::Protocol`] (not HTTP, or over 16 MiB),
 /// [`Failure::Other`] for an invalid `path`.
 pub fn get_blocking(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, Failure> {
+    request_blocking(addr, "GET", path, None, timeout)
+}
+
+/// `POST path` with the JSON `body`, otherwise as [`get_blocking`].
+///
+/// # Errors
+///
+/// As [`get_blocking`].
+pub fn post_json_blocking(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<Response, Failure> {
+    request_blocking(addr, "POST", path, Some(body), timeout)
+}
+
+/// `DELETE path`, otherwise as [`get_blocking`].
+///
+/// # Errors
+///
+/// As [`get_blocking`].
+pub fn delete_blocking(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response, Failure> {
+    request_blocking(addr, "DELETE", path, None, timeout)
+}
+
+fn request_blocking(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, Failure> {
     if !path.starts_with('/') || path.bytes().any(|byte| byte.is_ascii_whitespace()) {
         return Err(Failure::Other(format!(
             "invalid request path {path:?}: it must start with '/' and contain no whitespace"
@@ -41,8 +78,16 @@ pub fn get_blocking(addr: SocketAddr, path: &str, timeout: Duration) -> Result<R
     // Only latency is at stake if this fails, so it is not an error.
     let _ = stream.set_nodelay(true);
 
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    let content = match body {
+        Some(body) => format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        None => "\r\n".to_owned(),
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n{content}"
+    );
     stream
         .set_write_timeout(Some(remaining(deadline)?))
         .map_err(|err| Failure::Other(format!("set write timeout: {err}")))?;
@@ -140,6 +185,7 @@ fn parse(received: &[u8], eof: bool) -> Result<Option<Response>, Failure> {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            tls: None,
         })),
         None if eof => Err(Failure::EarlyClose(
             "connection closed inside the response body".to_owned(),

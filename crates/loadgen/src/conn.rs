@@ -1,5 +1,5 @@
-//! One client connection (HTTP/1.1 or h2c) and one request on it, with "never sent" told apart
-//! from "sent and lost".
+//! One client connection (HTTP/1.1 or HTTP/2, plain or over TLS) and one request on it, with
+//! "never sent" told apart from "sent and lost".
 //!
 //! That distinction decides whether a closed connection is a clean reconnect or a failed request,
 //! so it comes from the protocol libraries' own knowledge, never from timing:
@@ -12,22 +12,25 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
-use hyper::header::{CONNECTION, HOST, HeaderValue};
-use hyper::{HeaderMap, Request, Uri, Version};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{HeaderMap, Method, Request, Uri, Version};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::failure::{self, Failure};
 use crate::response::{Response, says_close};
+use crate::tls::{Tls, TlsInfo};
 
 /// The protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     Http1,
-    H2c,
+    /// h2c with prior knowledge, or h2 by ALPN over TLS.
+    Http2,
 }
 
 /// Where requests go and what they ask for, validated once.
@@ -36,14 +39,15 @@ pub(crate) struct Target {
     addr: SocketAddr,
     /// `/path?query`, for HTTP/1.1.
     origin_form: Uri,
-    /// `http://addr/path?query`, for HTTP/2 (`:scheme` and `:authority` come from it).
+    /// `http(s)://addr/path?query`, for HTTP/2 (`:scheme` and `:authority` come from it).
     absolute: Uri,
     host: HeaderValue,
+    tls: Option<Tls>,
 }
 
 impl Target {
     /// Validates `path` (it must start with `/` and be a valid URI path and query).
-    pub(crate) fn new(addr: SocketAddr, path: &str) -> Result<Self, Failure> {
+    pub(crate) fn new(addr: SocketAddr, path: &str, tls: Option<Tls>) -> Result<Self, Failure> {
         let invalid = |reason: String| {
             Failure::Other(format!(
                 "invalid request path {path:?}: {reason}; give a path such as \"/\" or \"/healthz\""
@@ -53,7 +57,8 @@ impl Target {
             return Err(invalid("it must start with '/'".to_owned()));
         }
         let origin_form: Uri = path.parse().map_err(|err| invalid(format!("{err}")))?;
-        let absolute: Uri = format!("http://{addr}{path}")
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let absolute: Uri = format!("{scheme}://{addr}{path}")
             .parse()
             .map_err(|err| invalid(format!("{err}")))?;
         let host =
@@ -63,6 +68,7 @@ impl Target {
             origin_form,
             absolute,
             host,
+            tls,
         })
     }
 
@@ -91,8 +97,9 @@ pub(crate) struct Reply {
     pub(crate) closes: bool,
 }
 
-impl From<Reply> for Response {
-    fn from(reply: Reply) -> Self {
+impl Reply {
+    pub(crate) fn into_response(self, tls: Option<TlsInfo>) -> Response {
+        let reply = self;
         let headers = reply
             .headers
             .iter()
@@ -105,20 +112,30 @@ impl From<Reply> for Response {
             status: reply.status,
             headers,
             body: String::from_utf8_lossy(&reply.body).into_owned(),
+            tls,
         }
     }
 }
 
 /// An open connection of either protocol. Dropping it closes the socket.
 #[derive(Debug)]
-pub(crate) enum Connection {
+pub(crate) struct Connection {
+    kind: Kind,
+    /// What the TLS handshake agreed on; `None` for plain TCP.
+    pub(crate) tls: Option<TlsInfo>,
+}
+
+#[derive(Debug)]
+enum Kind {
     Http1(Http1),
-    H2c(H2c),
+    Http2(Http2),
 }
 
 impl Connection {
-    /// Opens a TCP connection and starts the protocol on it. No timeout: callers bound it.
-    pub(crate) async fn open(addr: SocketAddr, protocol: Protocol) -> Result<Self, Failure> {
+    /// Opens a TCP connection, does the TLS handshake if `target` asks for TLS, and starts the
+    /// protocol on it. No timeout: callers bound it.
+    pub(crate) async fn open(target: &Target, protocol: Protocol) -> Result<Self, Failure> {
+        let addr = target.addr;
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|err| Failure::Connect(format!("{addr}: {err}")))?;
@@ -126,27 +143,64 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|err| Failure::Connect(format!("{addr}: set TCP_NODELAY: {err}")))?;
-        match protocol {
-            Protocol::Http1 => Http1::start(stream).await.map(Connection::Http1),
-            Protocol::H2c => H2c::start(stream).await.map(Connection::H2c),
-        }
+        let Some(tls) = &target.tls else {
+            return Ok(Connection {
+                kind: Kind::start(stream, protocol).await?,
+                tls: None,
+            });
+        };
+        let (stream, info) = tls
+            .connect(addr, stream, protocol == Protocol::Http2)
+            .await?;
+        Ok(Connection {
+            kind: Kind::start(stream, protocol).await?,
+            tls: Some(info),
+        })
     }
 
     /// Whether the connection is known to be closed (HTTP/1.1 only; for tests).
     #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
-        match self {
-            Connection::Http1(conn) => conn.sender.is_closed(),
-            Connection::H2c(conn) => conn.sender.is_none(),
+        match &self.kind {
+            Kind::Http1(conn) => conn.sender.is_closed(),
+            Kind::Http2(conn) => conn.sender.is_none(),
         }
     }
 
-    /// Sends one GET for `target` and reads the full response. `close` asks an HTTP/1.1 server
-    /// to close the connection after answering. No timeout: callers bound it.
-    pub(crate) async fn send(&mut self, target: &Target, close: bool) -> Result<Reply, SendError> {
-        match self {
-            Connection::Http1(conn) => conn.send(target, close).await,
-            Connection::H2c(conn) => conn.send(target).await,
+    /// Sends one request for `target` (a GET, or a POST of the JSON `body`) and reads the full
+    /// response. `close` asks an HTTP/1.1 server to close the connection after answering. No
+    /// timeout: callers bound it.
+    pub(crate) async fn send(
+        &mut self,
+        target: &Target,
+        close: bool,
+        body: Option<Bytes>,
+    ) -> Result<Reply, SendError> {
+        match &mut self.kind {
+            Kind::Http1(conn) => conn.send(target, close, body).await,
+            Kind::Http2(conn) => conn.send(target, body).await,
+        }
+    }
+}
+
+/// A POST of JSON with `body`.
+fn json_request<B>(body: B) -> Request<B> {
+    let mut request = Request::new(body);
+    *request.method_mut() = Method::POST;
+    request
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    request
+}
+
+impl Kind {
+    async fn start<I>(io: I, protocol: Protocol) -> Result<Kind, Failure>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        match protocol {
+            Protocol::Http1 => Http1::start(io).await.map(Kind::Http1),
+            Protocol::Http2 => Http2::start(io).await.map(Kind::Http2),
         }
     }
 }
@@ -175,12 +229,15 @@ impl Drop for Driver {
 /// An HTTP/1.1 connection (hyper's low-level client, which never retries).
 #[derive(Debug)]
 pub(crate) struct Http1 {
-    sender: http1::SendRequest<Empty<Bytes>>,
+    sender: http1::SendRequest<Full<Bytes>>,
     _driver: Driver,
 }
 
 impl Http1 {
-    async fn start(stream: TcpStream) -> Result<Self, Failure> {
+    async fn start<I>(stream: I) -> Result<Self, Failure>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|err| handshake_failed(&err))?;
@@ -195,11 +252,19 @@ impl Http1 {
         })
     }
 
-    async fn send(&mut self, target: &Target, close: bool) -> Result<Reply, SendError> {
+    async fn send(
+        &mut self,
+        target: &Target,
+        close: bool,
+        body: Option<Bytes>,
+    ) -> Result<Reply, SendError> {
         // Fails only when the connection is already closed, before anything was written.
         self.sender.ready().await.map_err(|_| SendError::NotSent)?;
 
-        let mut request = Request::new(Empty::new());
+        let mut request = match body {
+            Some(body) => json_request(Full::new(body)),
+            None => Request::new(Full::new(Bytes::new())),
+        };
         *request.uri_mut() = target.origin_form.clone();
         request.headers_mut().insert(HOST, target.host.clone());
         if close {
@@ -239,16 +304,19 @@ impl Http1 {
     }
 }
 
-/// An HTTP/2 connection without TLS ("h2c with prior knowledge").
+/// An HTTP/2 connection: without TLS ("h2c with prior knowledge"), or over TLS (ALPN h2).
 #[derive(Debug)]
-pub(crate) struct H2c {
+pub(crate) struct Http2 {
     /// `None` only after `ready` failed: the connection is unusable and will be dropped.
     sender: Option<h2::client::SendRequest<Bytes>>,
     _driver: Driver,
 }
 
-impl H2c {
-    async fn start(stream: TcpStream) -> Result<Self, Failure> {
+impl Http2 {
+    async fn start<I>(stream: I) -> Result<Self, Failure>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         // Writes the connection preface, so it fails if the server already dropped the socket.
         let (sender, connection) = h2::client::handshake(stream)
             .await
@@ -263,19 +331,28 @@ impl H2c {
         })
     }
 
-    async fn send(&mut self, target: &Target) -> Result<Reply, SendError> {
+    async fn send(&mut self, target: &Target, body: Option<Bytes>) -> Result<Reply, SendError> {
         let sender = self.sender.take().ok_or(SendError::NotSent)?;
         // Fails once a GOAWAY arrived or the connection is gone: no stream was opened.
         let mut sender = sender.ready().await.map_err(|_| SendError::NotSent)?;
 
-        let mut request = Request::new(());
+        let mut request = match body {
+            Some(_) => json_request(()),
+            None => Request::new(()),
+        };
         *request.uri_mut() = target.absolute.clone();
         *request.version_mut() = Version::HTTP_2;
         // Fails synchronously, before a stream exists, for the same reasons as `ready`.
-        let (response, _) = sender
-            .send_request(request, true)
+        let (response, mut stream) = sender
+            .send_request(request, body.is_none())
             .map_err(|_| SendError::NotSent)?;
         self.sender = Some(sender);
+        if let Some(body) = body {
+            // The stream exists now: the server may have seen the request.
+            stream
+                .send_data(body, true)
+                .map_err(|err| SendError::Failed(failure::from_h2(&err)))?;
+        }
 
         let response = response
             .await
@@ -306,11 +383,14 @@ mod tests {
     #[test]
     fn target_rejects_relative_and_invalid_paths() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
-        assert!(Target::new(addr, "/healthz?x=1").is_ok());
+        assert!(Target::new(addr, "/healthz?x=1", None).is_ok());
         assert!(matches!(
-            Target::new(addr, "healthz"),
+            Target::new(addr, "healthz", None),
             Err(Failure::Other(_))
         ));
-        assert!(matches!(Target::new(addr, "/a b"), Err(Failure::Other(_))));
+        assert!(matches!(
+            Target::new(addr, "/a b", None),
+            Err(Failure::Other(_))
+        ));
     }
 }

@@ -34,6 +34,10 @@ pub enum Failure {
     /// The server's bytes are not valid HTTP.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The TLS handshake of a new connection failed (the server's certificate was refused, no
+    /// common protocol, or the connection broke during the handshake): no request was sent.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// Anything else (an unexpected I/O error, an invalid request path).
     #[error("{0}")]
     Other(String),
@@ -54,6 +58,8 @@ pub enum FailureKind {
     Status(u16),
     /// See [`Failure::Protocol`].
     Protocol,
+    /// See [`Failure::Tls`].
+    Tls,
     /// See [`Failure::Other`].
     Other,
 }
@@ -68,6 +74,7 @@ impl Failure {
             Failure::Timeout => FailureKind::Timeout,
             Failure::Status(status) => FailureKind::Status(*status),
             Failure::Protocol(_) => FailureKind::Protocol,
+            Failure::Tls(_) => FailureKind::Tls,
             Failure::Other(_) => FailureKind::Other,
         }
     }
@@ -82,6 +89,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Timeout => f.write_str("timeout"),
             FailureKind::Status(status) => write!(f, "status {status}"),
             FailureKind::Protocol => f.write_str("protocol"),
+            FailureKind::Tls => f.write_str("tls"),
             FailureKind::Other => f.write_str("other"),
         }
     }

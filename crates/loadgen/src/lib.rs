@@ -9,8 +9,11 @@
 //! before any byte of the request was written: the server never saw that request (see [`Mode`]).
 //!
 //! # Use
-//! - One request, for tests: [`get`] / [`get_with_timeout`] (async, hyper), [`get_blocking`]
-//!   (std only, no runtime needed).
+//! - One request, for tests: [`get`] / [`get_with_timeout`] (async, hyper), [`get_blocking`],
+//!   [`post_json_blocking`], [`delete_blocking`] (std only, no runtime needed), [`get_tls`]
+//!   (HTTPS, with what the handshake agreed on).
+//! - TLS: a [`Tls`] trusts a CA the test made (never unverified) and resumes sessions unless
+//!   told not to; give it to [`LoadConfig::tls`] or [`get_tls`].
 //! - Load: [`start`] a [`LoadConfig`], poll [`Load::snapshot`], then [`Load::stop`] or
 //!   [`Load::wait`] for the [`Report`], which keeps one [`Sample`] per request so throughput
 //!   and latency can be computed for any time window.
@@ -31,7 +34,9 @@
 //! # Layout
 //! - `failure`: [`Failure`] and [`FailureKind`], and how transport errors map to them.
 //! - `response`: [`Response`], what the one-shot helpers return.
-//! - `conn`: one HTTP/1.1 (hyper) or h2c (h2) connection; tells "never sent" from "sent and lost".
+//! - `conn`: one HTTP/1.1 (hyper) or HTTP/2 (h2) connection, plain or TLS; tells "never sent" from
+//!   "sent and lost".
+//! - `tls`: [`Tls`], the rustls client set-up, and [`TlsInfo`].
 //! - `oneshot`: [`get`], [`get_with_timeout`].
 //! - `blocking`: [`get_blocking`] over `std::net::TcpStream`.
 //! - `load`: [`start`], [`Load`], the workers and their counters.
@@ -44,10 +49,12 @@ mod load;
 mod oneshot;
 mod report;
 mod response;
+mod tls;
 
-pub use blocking::get_blocking;
+pub use blocking::{delete_blocking, get_blocking, post_json_blocking};
 pub use failure::{Failure, FailureKind};
 pub use load::{Load, LoadConfig, MAX_FAILURE_DETAILS, MAX_SAMPLES, Mode, Snapshot, start};
-pub use oneshot::{DEFAULT_TIMEOUT, get, get_with_timeout};
+pub use oneshot::{DEFAULT_TIMEOUT, get, get_tls, get_with_timeout};
 pub use report::{FailureDetail, Report, Sample};
 pub use response::Response;
+pub use tls::{Tls, TlsInfo};

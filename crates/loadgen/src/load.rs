@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -43,8 +44,8 @@ pub enum Mode {
     KeepAlive,
     /// HTTP/1.1 with `Connection: close`: a new TCP connection for every request.
     Close,
-    /// HTTP/2 without TLS (h2c, prior knowledge): one connection per worker, one stream at a time,
-    /// a new connection after a GOAWAY once the open stream has finished.
+    /// HTTP/2 (h2c with prior knowledge, or ALPN h2 over TLS): one connection per worker, one
+    /// stream at a time, a new connection after a GOAWAY once the open stream has finished.
     H2,
 }
 
@@ -79,6 +80,17 @@ pub struct LoadConfig {
     pub max_requests: Option<u64>,
     /// Bound on one request from its start (including a connect it needs) to the last body byte.
     pub request_timeout: Duration,
+    /// When set, every request is a `POST` of this JSON instead of a `GET`, with each `{n}` in
+    /// it replaced by the request's index (0, 1, ...), so that every body can be unique, e.g.
+    /// `{"name": "item-{n}"}`. A POST is sent once, like every request: it is never repeated
+    /// unless the server certainly did not see it (see the module docs).
+    pub post_json: Option<String>,
+    /// Keep the body of every 2xx response in [`Report::bodies`], e.g. to check afterwards that
+    /// everything the server acknowledged is really there.
+    pub keep_bodies: bool,
+    /// HTTPS with this set-up; `None`: plain HTTP. A handshake failure counts as
+    /// [`Failure::Tls`] for the request that needed the connection.
+    pub tls: Option<crate::Tls>,
 }
 
 impl LoadConfig {
@@ -92,6 +104,9 @@ impl LoadConfig {
             max_duration: Duration::from_secs(10),
             max_requests: None,
             request_timeout: Duration::from_secs(5),
+            post_json: None,
+            keep_bodies: false,
+            tls: None,
         }
     }
 }
@@ -138,15 +153,18 @@ pub struct Load {
 /// Outside a tokio runtime, or if `config.path` is not a valid path starting with `/` (a mistake
 /// in the calling code, not in the server under test).
 pub fn start(config: LoadConfig) -> Load {
-    let target = match Target::new(config.addr, &config.path) {
+    let target = match Target::new(config.addr, &config.path, config.tls.clone()) {
         Ok(target) => Arc::new(target),
         Err(failure) => panic!("loadgen::start: {failure}"),
     };
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         config.max_duration,
         config.max_requests,
         config.request_timeout,
-    ));
+    );
+    shared.post_json = config.post_json;
+    shared.keep_bodies = config.keep_bodies;
+    let shared = Arc::new(shared);
     let connections = config.connections.max(1);
     let mut workers = JoinSet::new();
     for _ in 0..connections {
@@ -191,6 +209,7 @@ impl Load {
     /// If a worker panicked (a bug in this crate): the panic is passed on.
     pub async fn wait(mut self) -> Report {
         let mut samples = Vec::new();
+        let mut bodies = Vec::new();
         let mut last_finish = self.shared.started;
         while let Some(joined) = self.workers.join_next().await {
             let result = match joined {
@@ -200,6 +219,7 @@ impl Load {
                 Err(err) => panic!("loadgen worker cancelled: {err}"),
             };
             samples.extend(result.samples);
+            bodies.extend(result.bodies);
             last_finish = last_finish.max(result.finished);
         }
         samples.sort_unstable_by_key(|sample: &Sample| sample.start_us);
@@ -216,6 +236,7 @@ impl Load {
             samples_dropped: (ok + failed).saturating_sub(samples.len() as u64),
             samples,
             first_failures: failures.first,
+            bodies,
         }
     }
 }
@@ -229,6 +250,9 @@ struct Shared {
     request_timeout: Duration,
     /// Cancelled by [`Load::stop`]; workers check it before each request.
     stop: CancellationToken,
+    /// See [`LoadConfig::post_json`].
+    post_json: Option<String>,
+    keep_bodies: bool,
     /// Requests handed out so far (may overshoot `max_requests` by the number of workers).
     claimed: AtomicU64,
     ok: AtomicU64,
@@ -253,6 +277,8 @@ impl Shared {
             max_requests,
             request_timeout,
             stop: CancellationToken::new(),
+            post_json: None,
+            keep_bodies: false,
             claimed: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -278,17 +304,17 @@ impl Shared {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn record(
+    fn record<T>(
         &self,
         samples: &mut Vec<Sample>,
         index: u64,
         start: Instant,
-        outcome: &Result<(), Failure>,
+        outcome: &Result<T, Failure>,
     ) {
         let latency = start.elapsed();
         let start_offset = start - self.started;
         match outcome {
-            Ok(()) => {
+            Ok(_) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(failure) => {
@@ -316,16 +342,21 @@ impl Shared {
 #[derive(Debug)]
 struct WorkerResult {
     samples: Vec<Sample>,
+    bodies: Vec<String>,
     finished: Instant,
 }
 
 async fn run_worker(shared: Arc<Shared>, target: Arc<Target>, mode: Mode) -> WorkerResult {
     let mut samples = Vec::new();
+    let mut bodies = Vec::new();
     let mut connection = None;
     while let Some(index) = shared.claim() {
         let start = Instant::now();
-        let outcome = request(&mut connection, &shared, &target, mode, start).await;
+        let outcome = request(&mut connection, &shared, &target, mode, index, start).await;
         shared.record(&mut samples, index, start, &outcome);
+        if let (true, Ok(body)) = (shared.keep_bodies, &outcome) {
+            bodies.push(String::from_utf8_lossy(body).into_owned());
+        }
         if matches!(outcome, Err(Failure::Connect(_))) {
             tokio::select! {
                 () = tokio::time::sleep(PAUSE_AFTER_CONNECT_FAILURE) => {}
@@ -335,32 +366,39 @@ async fn run_worker(shared: Arc<Shared>, target: Arc<Target>, mode: Mode) -> Wor
     }
     WorkerResult {
         samples,
+        bodies,
         finished: Instant::now(),
     }
 }
 
-/// One request, on `connection` if it is open, else on a new one (left in `connection` if it may
-/// be reused). Every error path drops the connection: its state is unknown.
+/// Request number `index`, on `connection` if it is open, else on a new one (left in
+/// `connection` if it may be reused); returns the body of its 2xx response. Every error path
+/// drops the connection: its state is unknown.
 async fn request(
     connection: &mut Option<Connection>,
     shared: &Shared,
     target: &Target,
     mode: Mode,
+    index: u64,
     start: Instant,
-) -> Result<(), Failure> {
+) -> Result<Bytes, Failure> {
     let deadline = start + shared.request_timeout;
     let (protocol, close) = match mode {
         Mode::KeepAlive => (Protocol::Http1, false),
         Mode::Close => (Protocol::Http1, true),
-        Mode::H2 => (Protocol::H2c, false),
+        Mode::H2 => (Protocol::Http2, false),
     };
+    let body = shared
+        .post_json
+        .as_ref()
+        .map(|template| Bytes::from(template.replace("{n}", &index.to_string())));
     // At most two rounds: the second one is always on a new connection, which returns.
     loop {
         let reused = connection.is_some();
         let open = match connection {
             Some(open) => open,
             None => {
-                let opened = timeout_at(deadline, Connection::open(target.addr(), protocol))
+                let opened = timeout_at(deadline, Connection::open(target, protocol))
                     .await
                     .map_err(|_| {
                         let timeout = shared.request_timeout;
@@ -373,7 +411,7 @@ async fn request(
                 connection.insert(opened)
             }
         };
-        let sent = timeout_at(deadline, open.send(target, close)).await;
+        let sent = timeout_at(deadline, open.send(target, close, body.clone())).await;
         let reply = match sent {
             Ok(Ok(reply)) => reply,
             Ok(Err(SendError::NotSent)) if reused => {
@@ -399,7 +437,7 @@ async fn request(
             *connection = None;
         }
         return if (200..300).contains(&reply.status) {
-            Ok(())
+            Ok(reply.body)
         } else {
             Err(Failure::Status(reply.status))
         };
@@ -446,7 +484,7 @@ mod tests {
     async fn reused_connection_closed_while_idle_is_a_reconnect_not_a_failure() {
         let (addr, server) = one_request_per_connection().await;
         let shared = Shared::new(Duration::from_secs(10), None, Duration::from_secs(5));
-        let target = Target::new(addr, "/").expect("valid target");
+        let target = Target::new(addr, "/", None).expect("valid target");
         let mut connection = None;
 
         let first = request(
@@ -454,9 +492,10 @@ mod tests {
             &shared,
             &target,
             Mode::KeepAlive,
+            0,
             Instant::now(),
         );
-        assert_eq!(first.await, Ok(()));
+        assert_eq!(first.await, Ok(Bytes::from_static(b"ok")));
         let open = connection
             .as_ref()
             .expect("a keep-alive response leaves the connection open");
@@ -474,9 +513,10 @@ mod tests {
             &shared,
             &target,
             Mode::KeepAlive,
+            1,
             Instant::now(),
         );
-        assert_eq!(second.await, Ok(()));
+        assert_eq!(second.await, Ok(Bytes::from_static(b"ok")));
         assert_eq!(shared.connects.load(Ordering::Relaxed), 2);
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

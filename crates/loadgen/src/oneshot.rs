@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
 use crate::conn::{Connection, Protocol, SendError, Target};
-use crate::{Failure, Response};
+use crate::{Failure, Response, Tls};
 
 /// How long [`get`] waits for connect plus full response.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,14 +40,31 @@ pub async fn get_with_timeout(
     path: &str,
     timeout: Duration,
 ) -> Result<Response, Failure> {
-    let target = Target::new(addr, path)?;
+    get_on_new_connection(Target::new(addr, path, None)?, timeout).await
+}
+
+/// `GET path` over HTTPS on a fresh HTTP/1.1 connection with `Connection: close`, within
+/// [`DEFAULT_TIMEOUT`]; the response's [`Response::tls`] tells whether the session was resumed
+/// and which certificate the server showed. A session this gets is resumed by the next call
+/// with the same `tls` (or a clone).
+///
+/// # Errors
+///
+/// As [`get_with_timeout`], plus [`Failure::Tls`] when the handshake fails (e.g. the server's
+/// certificate is not issued by the CA `tls` trusts).
+pub async fn get_tls(addr: SocketAddr, path: &str, tls: &Tls) -> Result<Response, Failure> {
+    get_on_new_connection(Target::new(addr, path, Some(tls.clone()))?, DEFAULT_TIMEOUT).await
+}
+
+async fn get_on_new_connection(target: Target, timeout: Duration) -> Result<Response, Failure> {
+    let addr = target.addr();
     let deadline = Instant::now() + timeout;
-    let mut connection = timeout_at(deadline, Connection::open(addr, Protocol::Http1))
+    let mut connection = timeout_at(deadline, Connection::open(&target, Protocol::Http1))
         .await
         .map_err(|_| Failure::Connect(format!("{addr}: no connection within {timeout:?}")))??;
-    match timeout_at(deadline, connection.send(&target, true)).await {
+    match timeout_at(deadline, connection.send(&target, true, None)).await {
         Err(_elapsed) => Err(Failure::Timeout),
-        Ok(Ok(reply)) => Ok(reply.into()),
+        Ok(Ok(reply)) => Ok(reply.into_response(connection.tls.take())),
         Ok(Err(SendError::Failed(failure))) => Err(failure),
         // A brand-new connection that closes before taking the request is a server failure.
         Ok(Err(SendError::NotSent)) => Err(Failure::EarlyClose(

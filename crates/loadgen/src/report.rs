@@ -66,6 +66,9 @@ pub struct Report {
     /// The first failures in the order they were recorded (at most
     /// [`MAX_FAILURE_DETAILS`](crate::MAX_FAILURE_DETAILS)).
     pub first_failures: Vec<FailureDetail>,
+    /// The body of every 2xx response, when [`LoadConfig::keep_bodies`](crate::LoadConfig) was
+    /// set (else empty), in no particular order.
+    pub bodies: Vec<String>,
 }
 
 impl Report {
@@ -223,6 +226,7 @@ mod tests {
             samples,
             samples_dropped: 0,
             first_failures: Vec::new(),
+            bodies: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! A fully read HTTP response, as the one-shot helpers return it.
 
-use crate::Failure;
+use crate::{Failure, TlsInfo};
 
 /// A complete response: status, headers and the whole body.
 ///
@@ -14,6 +14,8 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The body, decoded lossily as UTF-8 (chunked encoding already removed).
     pub body: String,
+    /// What the TLS handshake agreed on; `None` over plain TCP.
+    pub tls: Option<TlsInfo>,
 }
 
 impl Response {
@@ -23,6 +25,13 @@ impl Response {
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.as_str())
+    }
+
+    /// Whether the server said it closes the connection after this response
+    /// (`Connection: close`).
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|value| says_close(value.as_bytes()))
     }
 
     /// Whether the status is 2xx.
@@ -61,9 +70,16 @@ mod tests {
             status: 503,
             headers: vec![("content-type".into(), "text/plain".into())],
             body: String::new(),
+            tls: None,
         };
         assert_eq!(response.header("Content-Type"), Some("text/plain"));
         assert_eq!(response.header("x-missing"), None);
+        assert!(!response.closes());
+        let closing = Response {
+            headers: vec![("connection".into(), "keep-alive, Close".into())],
+            ..response.clone()
+        };
+        assert!(closing.closes());
         assert_eq!(response.error_for_status(), Err(Failure::Status(503)));
     }
 

@@ -1,10 +1,9 @@
 //! `GET /api/events?interval_ms=N`: Server-Sent Events, a `tick` every N ms, that ends itself
-//! when the drain begins. A long response must do this: otherwise it holds the old process
-//! alive until the hammer at `lifecycle.shutdown_timeout` cuts it. The client sees a final
-//! `draining` event, then the end of the stream, and reconnects (to the new process).
+//! when the drain begins: a long-lived response (see `app`'s docs). The client sees a final
+//! `draining` event, then the end of the stream, and reconnects (to the new process). At
+//! `limits.stream_lifetime` it ends the same way with a `reconnect` event.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,11 +12,11 @@ use futures_util::Stream;
 use futures_util::stream;
 use serde::Deserialize;
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::app::error::AppError;
 use crate::app::extract::AppQuery;
 use crate::app::state::AppState;
+use crate::lifecycle::{LongLived, WrapUp};
 
 const DEFAULT_INTERVAL_MS: u64 = 1_000;
 /// Faster than this is a busy loop over the network, not a demo.
@@ -32,7 +31,7 @@ pub(crate) struct EventParams {
 /// What the stream carries from one event to the next.
 struct Ticker {
     interval: Interval,
-    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    lease: LongLived,
     sent: u64,
     finished: bool,
 }
@@ -52,7 +51,7 @@ pub(crate) async fn stream(
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let ticker = Ticker {
         interval,
-        drain: Box::pin(state.process().drain_started()),
+        lease: state.long_lived(),
         sent: 0,
         finished: false,
     };
@@ -61,11 +60,18 @@ pub(crate) async fn stream(
             return None;
         }
         let event = tokio::select! {
-            // `biased`: once the drain has begun, say so rather than tick again.
+            // `biased`: once it is time to wrap up, say so rather than tick again.
             biased;
-            () = &mut ticker.drain => {
+            why = ticker.lease.wrap_up() => {
                 ticker.finished = true;
-                Event::default().event("draining").data("server is draining; reconnect")
+                match why {
+                    WrapUp::Draining => {
+                        Event::default().event("draining").data("server is draining; reconnect")
+                    }
+                    WrapUp::LifetimeOver => {
+                        Event::default().event("reconnect").data("stream lifetime reached; reconnect")
+                    }
+                }
             }
             _ = ticker.interval.tick() => {
                 ticker.sent += 1;

@@ -5,3 +5,4 @@ pub(crate) mod items;
 pub(crate) mod root;
 pub(crate) mod settings;
 pub(crate) mod slow;
+pub(crate) mod ws;

@@ -30,11 +30,16 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: 503 before serving starts and from the moment the drain begins, so load
-/// balancers stop sending new work here.
+/// Readiness: 503 before serving starts, from the moment the drain begins, and while the
+/// database does not answer, so load balancers send the work elsewhere. (`/healthz` stays 200
+/// through a database outage: restarting this process would not bring the database back.)
+/// Why the database does not answer is in the log and `/-/status`, not on the public listener.
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     match state.process().phase() {
         // An upgrade in progress still serves; the new process takes over only when ready.
+        Phase::Serving | Phase::Upgrading if state.db().problem().is_some() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+        }
         Phase::Serving | Phase::Upgrading => (StatusCode::OK, "ready\n"),
         Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
         Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),

@@ -1,0 +1,197 @@
+//! Which database a URL names, and what each back end needs so that two generations can share
+//! it: the connect options, and the statements every new connection runs.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::AnyConnection;
+use sqlx::AssertSqlSafe;
+use sqlx::any::AnyConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor};
+
+use super::error::DbError;
+use crate::settings::SecretUrl;
+
+/// The back ends this build speaks; the URL's scheme picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &SecretUrl) -> Result<Backend, DbError> {
+        match url.scheme().as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            other => Err(DbError::BadUrl {
+                url: url.redacted(),
+                reason: format!("unsupported scheme {other:?}; use sqlite:// or postgres://"),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Whether opening a SQLite database may create its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Create {
+    /// At start and `baton migrate`: the file and its directory are made if missing.
+    IfMissing,
+    /// At a reload: a database that does not exist yet is an error, not an empty new file.
+    Never,
+}
+
+/// How to open connections to `url`. For SQLite with [`Create::IfMissing`], the file is created
+/// on first use (unless the URL says `mode=` itself) and its directory now.
+pub(super) fn connect_options(
+    url: &SecretUrl,
+    backend: Backend,
+    create: Create,
+) -> Result<AnyConnectOptions, DbError> {
+    let bad = |reason: String| DbError::BadUrl {
+        url: url.redacted(),
+        reason,
+    };
+    let mut parsed = url::Url::parse(url.expose()).map_err(|err| bad(err.to_string()))?;
+    if backend == Backend::Sqlite {
+        if !parsed.query_pairs().any(|(key, _)| key == "mode") {
+            let mode = match create {
+                Create::IfMissing => "rwc",
+                Create::Never => "rw",
+            };
+            parsed.query_pairs_mut().append_pair("mode", mode);
+        }
+        let options =
+            SqliteConnectOptions::from_str(parsed.as_str()).map_err(|err| bad(err.to_string()))?;
+        if create == Create::IfMissing {
+            create_parent(options.get_filename())?;
+        }
+    }
+    AnyConnectOptions::from_url(&parsed).map_err(|err| bad(err.to_string()))
+}
+
+/// Whether `url` names a SQLite file that does not exist (yet).
+pub(super) fn sqlite_file_missing(url: &SecretUrl) -> Result<bool, DbError> {
+    if Backend::of(url)? != Backend::Sqlite {
+        return Ok(false);
+    }
+    let options = SqliteConnectOptions::from_str(url.expose()).map_err(|err| DbError::BadUrl {
+        url: url.redacted(),
+        reason: err.to_string(),
+    })?;
+    Ok(!options.get_filename().exists())
+}
+
+fn create_parent(file: &Path) -> Result<(), DbError> {
+    let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|err| {
+        DbError::Setup(format!(
+            "cannot create {} for the SQLite database {}: {err}; create it, or point \
+             database.url elsewhere",
+            dir.display(),
+            file.display()
+        ))
+    })
+}
+
+/// What every new connection runs before its first use.
+pub(super) fn session_statements(
+    backend: Backend,
+    statement_timeout: Duration,
+    application_name: &str,
+) -> Vec<String> {
+    let millis = statement_timeout.as_millis();
+    match backend {
+        // WAL (set once per file, see `prepare_file`) lets readers go on while one process
+        // writes; the busy timeout makes a writer wait for the other process's write instead
+        // of failing with "database is locked". NORMAL is durable against a crash of the
+        // process, and loses at most the last commits (never the file) on a power cut.
+        Backend::Sqlite => vec![
+            format!("PRAGMA busy_timeout = {millis}"),
+            "PRAGMA synchronous = NORMAL".to_owned(),
+            "PRAGMA foreign_keys = ON".to_owned(),
+            // After the log restarts (see `checkpoint`), a file left larger than this is cut.
+            "PRAGMA journal_size_limit = 67108864".to_owned(),
+        ],
+        Backend::Postgres => vec![
+            format!("SET statement_timeout = {millis}"),
+            // Which process holds which connection, in pg_stat_activity.
+            format!(
+                "SET application_name = '{}'",
+                application_name.replace('\'', "''")
+            ),
+        ],
+    }
+}
+
+/// Runs the session statements on `conn`.
+pub(super) async fn start_session(
+    conn: &mut AnyConnection,
+    statements: &[String],
+) -> Result<(), sqlx::Error> {
+    for statement in statements {
+        conn.execute(AssertSqlSafe(statement.clone())).await?;
+    }
+    Ok(())
+}
+
+/// Opens one connection outside any pool, with the real reason when it fails (a pool only says
+/// that it timed out), and starts its session.
+pub(super) async fn connect_direct(
+    options: &AnyConnectOptions,
+    url: &SecretUrl,
+    timeout: Duration,
+    statements: &[String],
+) -> Result<AnyConnection, DbError> {
+    let failed = |reason: String| DbError::Connect {
+        url: url.redacted(),
+        reason,
+    };
+    let connect = async {
+        let mut conn = AnyConnection::connect_with(options).await?;
+        start_session(&mut conn, statements).await?;
+        Ok::<_, sqlx::Error>(conn)
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(err)) => Err(failed(err.to_string())),
+        Err(_) => Err(failed(format!(
+            "no answer within {} (database.acquire_timeout)",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+/// Once per database file: WAL mode, which is a property of the file and is kept. Without it
+/// a reader blocks a writer, and the two generations of an upgrade would block each other.
+pub(super) async fn prepare_file(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> Result<(), DbError> {
+    if backend != Backend::Sqlite {
+        return Ok(());
+    }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Setup(format!(
+            "SQLite could not switch the database to WAL mode (it stays in {mode:?} mode); \
+             keep the file on a local file system"
+        )));
+    }
+    Ok(())
+}

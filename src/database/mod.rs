@@ -1,0 +1,253 @@
+//! The database: SQLite embedded by default, PostgreSQL when `database.url` says so, through
+//! one code path (sqlx's `Any` driver picks the back end from the URL at run time).
+//!
+//! # Through upgrades, reloads and drains
+//! - **Start**, which for a new generation is before it reports ready: connect, apply the
+//!   pending migrations under a lock (`migrate`), check. Any failure stops the start, so at an
+//!   upgrade the old generation keeps serving and `baton upgrade` prints the reason.
+//! - **Reload**: a changed `[database]` is applied by building new pools, checking them
+//!   (connect, `SELECT 1`, no migration missing), then swapping them ([`Db`] is an `ArcSwap`);
+//!   anything wrong rejects the reload and the old pools keep serving (`reload`). Replaced pools
+//!   close once their last query ends (`pool`).
+//! - **Drain**: [`Db::begin_drain`] closes the idle connections, and connections given back
+//!   while draining close instead of idling, so an upgrade does not double the connections the
+//!   database sees.
+//! - **Health**: checked every second in the background (`health`); `/readyz` reports it.
+//! - **SQLite's log**: restarted every second (`checkpoint`), or steady reads would let it grow
+//!   without bound.
+//!
+//! # Layout
+//! - `backend`: which back end a URL names, connect options, per-connection settings (WAL,
+//!   busy timeout, statement timeout).
+//! - `pool`: [`Pools`], the connections of one configuration, and their stats.
+//! - `migrate`: the migrations built into the binary, applied under a lock.
+//! - `health`: the background check.
+//! - `checkpoint`: SQLite's write-ahead log kept small.
+//! - `reload`: the reload participant that builds, checks and swaps pools.
+//! - `error`: [`DbError`].
+
+mod backend;
+mod checkpoint;
+mod error;
+mod health;
+mod migrate;
+mod pool;
+mod reload;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sqlx::Connection;
+use sqlx::any::AnyConnectOptions;
+
+pub use backend::Backend;
+pub use error::DbError;
+pub use migrate::{MIGRATIONS_DIR_VAR, MigrationInfo, Migrations};
+pub use pool::{PoolStats, Pools};
+
+use crate::settings::{self, ReloadParticipant};
+use backend::{Create, connect_direct, connect_options, prepare_file, session_statements};
+use health::Health;
+use pool::Shared;
+
+/// The database of this process: the pools in force and what outlives them. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Swapped whole by a reload; a request loads it once and keeps what it loaded.
+    pools: ArcSwap<Pools>,
+    migrations: Migrations,
+    shared: Arc<Shared>,
+    health: Health,
+}
+
+/// The database as `/-/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbStatus {
+    pub backend: Backend,
+    /// Password redacted.
+    pub url: String,
+    pub up: bool,
+    /// Why it is not up.
+    pub problem: Option<String>,
+    pub pool: PoolStats,
+}
+
+impl Db {
+    /// Connects, applies the pending migrations (under the lock), and checks the pools. Run
+    /// before the process says it is ready.
+    pub async fn open(
+        settings: &settings::Database,
+        migrations: Migrations,
+    ) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(&settings.url)?;
+        let shared = Arc::new(Shared::default());
+        let (options, statements) = recipe(settings, backend, Create::IfMissing)?;
+        let mut conn = connect_direct(
+            &options,
+            &settings.url,
+            settings.acquire_timeout,
+            &statements,
+        )
+        .await?;
+        prepare_file(&mut conn, backend).await?;
+        let applied = migrations.apply(backend, &mut conn).await?;
+        let _ = conn.close().await;
+        for migration in &applied {
+            tracing::info!(%migration, backend = backend.name(), "migration applied");
+        }
+        let pools = Pools::build(backend, settings, options, statements, &shared);
+        pools.check().await?;
+        tracing::info!(
+            backend = backend.name(),
+            url = %settings.url.redacted(),
+            migrations = %migrations.source(),
+            applied = applied.len(),
+            "database ready"
+        );
+        Ok(Db {
+            inner: Arc::new(Inner {
+                pools: ArcSwap::from_pointee(pools),
+                migrations,
+                shared,
+                health: Health::default(),
+            }),
+        })
+    }
+
+    /// The pools in force. Hold them for one unit of work (a request), not longer: a reload
+    /// swaps in new ones, and the old ones close when their last holder lets go.
+    pub fn pools(&self) -> Arc<Pools> {
+        self.inner.pools.load_full()
+    }
+
+    /// The drain began: close the idle connections, and from now on each one given back.
+    pub async fn begin_drain(&self) {
+        self.inner.shared.draining.store(true, Ordering::Relaxed);
+        let pools = self.pools();
+        let closed = pools.close_idle().await;
+        let stats = pools.stats();
+        tracing::info!(
+            closed,
+            in_use = stats.open.saturating_sub(stats.idle),
+            "draining: idle database connections closed; those in use close when their query ends"
+        );
+    }
+
+    /// Serving again (the successor died in its probation): keep connections again.
+    pub fn end_drain(&self) {
+        self.inner.shared.draining.store(false, Ordering::Relaxed);
+    }
+
+    /// At exit, after the drain: closes the connections, so PostgreSQL sees each one say goodbye
+    /// and SQLite folds its write-ahead log back into the database file.
+    pub async fn close(&self) {
+        self.pools().close().await;
+    }
+
+    /// `None` while the database answers, else why not (see `health`).
+    pub fn problem(&self) -> Option<String> {
+        self.inner.health.problem()
+    }
+
+    /// Runs the background work until `until` resolves: the health check, and on SQLite the
+    /// log's restarts.
+    pub fn spawn_background(&self, until: impl Future<Output = ()> + Send + 'static) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                until.await;
+                stop.cancel();
+            }
+        });
+        tokio::spawn(health::run(self.clone(), stop.clone().cancelled_owned()));
+        tokio::spawn(checkpoint::run(self.clone(), stop.cancelled_owned()));
+    }
+
+    fn is_draining(&self) -> bool {
+        self.inner.shared.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> DbStatus {
+        let pools = self.pools();
+        let problem = self.problem();
+        DbStatus {
+            backend: pools.backend(),
+            url: pools.settings().url.redacted(),
+            up: problem.is_none(),
+            problem,
+            pool: pools.stats(),
+        }
+    }
+
+    /// Takes part in reloads: builds, checks and swaps the pools when `[database]` changes.
+    pub fn reload_participant(&self) -> Arc<dyn ReloadParticipant> {
+        Arc::new(reload::PoolReload(self.clone()))
+    }
+
+    /// How a running process connects for `settings`: to a database that exists.
+    fn connect_recipe(
+        &self,
+        settings: &settings::Database,
+    ) -> Result<(AnyConnectOptions, Vec<String>), DbError> {
+        recipe(settings, Backend::of(&settings.url)?, Create::Never)
+    }
+}
+
+/// Connect options and per-connection statements for `settings`.
+fn recipe(
+    settings: &settings::Database,
+    backend: Backend,
+    create: Create,
+) -> Result<(AnyConnectOptions, Vec<String>), DbError> {
+    let options = connect_options(&settings.url, backend, create)?;
+    let name = format!("baton {}", std::process::id());
+    let statements = session_statements(backend, settings.statement_timeout, &name);
+    Ok((options, statements))
+}
+
+/// What `baton migrate` does: with `apply`, applies what is pending (as a start would) and
+/// returns it; without, only returns what is pending.
+pub async fn migrate(
+    settings: &settings::Database,
+    migrations: &Migrations,
+    apply: bool,
+) -> Result<Vec<MigrationInfo>, DbError> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of(&settings.url)?;
+    if !apply && backend::sqlite_file_missing(&settings.url)? {
+        // Nothing to connect to, and a check must not create the file: all of them are pending.
+        return Ok(migrations.all(backend));
+    }
+    let create = if apply {
+        Create::IfMissing
+    } else {
+        Create::Never
+    };
+    let (options, statements) = recipe(settings, backend, create)?;
+    let mut conn = connect_direct(
+        &options,
+        &settings.url,
+        settings.acquire_timeout,
+        &statements,
+    )
+    .await?;
+    let result = if apply {
+        match prepare_file(&mut conn, backend).await {
+            Ok(()) => migrations.apply(backend, &mut conn).await,
+            Err(err) => Err(err),
+        }
+    } else {
+        migrations.pending(backend, &mut conn).await
+    };
+    let _ = conn.close().await;
+    result
+}
