@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::failure::{self, Failure};
+use crate::goaway::{self, LastStream};
 use crate::response::{Response, says_close};
 use crate::tls::{Tls, TlsInfo};
 
@@ -83,6 +84,10 @@ pub(crate) enum SendError {
     /// The connection was closed before any byte of the request was written: the server never saw
     /// it, so the caller may send it on a new connection without that being a retry.
     NotSent,
+    /// The request was sent on an HTTP/2 stream above the server's GOAWAY last stream id: the
+    /// server said it did not process it, so it may be sent again on a new connection (RFC 9113
+    /// §8.7), and is counted as such.
+    Refused,
     /// The request was (at least partly) written and no full response came back.
     Failed(Failure),
 }
@@ -309,6 +314,8 @@ impl Http1 {
 pub(crate) struct Http2 {
     /// `None` only after `ready` failed: the connection is unusable and will be dropped.
     sender: Option<h2::client::SendRequest<Bytes>>,
+    /// The server's GOAWAY, read off the incoming frames.
+    goaway: LastStream,
     _driver: Driver,
 }
 
@@ -317,6 +324,7 @@ impl Http2 {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let (stream, goaway) = goaway::Watched::new(stream);
         // Writes the connection preface, so it fails if the server already dropped the socket.
         let (sender, connection) = h2::client::handshake(stream)
             .await
@@ -327,6 +335,7 @@ impl Http2 {
         });
         Ok(Self {
             sender: Some(sender),
+            goaway,
             _driver: Driver(driver),
         })
     }
@@ -354,9 +363,14 @@ impl Http2 {
                 .map_err(|err| SendError::Failed(failure::from_h2(&err)))?;
         }
 
-        let response = response
-            .await
-            .map_err(|err| SendError::Failed(failure::from_h2(&err)))?;
+        let stream_id = u32::from(response.stream_id());
+        let response = response.await.map_err(|err| {
+            if err.is_go_away() && err.is_remote() && self.goaway.refused(stream_id) {
+                SendError::Refused
+            } else {
+                SendError::Failed(failure::from_h2(&err))
+            }
+        })?;
         let (parts, mut body) = response.into_parts();
         let mut collected = Vec::new();
         while let Some(chunk) = body.data().await {

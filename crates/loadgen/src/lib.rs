@@ -6,7 +6,9 @@
 //! failures those tests look for, so here a request is sent once, and a refused connect, a reset,
 //! an early close, a timeout and a non-2xx status are each counted as what they are
 //! ([`FailureKind`]). The only "second try" is on a reused connection that the server closed
-//! before any byte of the request was written: the server never saw that request (see [`Mode`]).
+//! before any byte of the request was written: the server never saw that request (see [`Mode`]),
+//! and an HTTP/2 stream above the server's GOAWAY last stream id, which the server says it did not
+//! process (counted in [`Report::refused`]).
 //!
 //! # Use
 //! - One request, for tests: [`get`] / [`get_with_timeout`] (async, hyper), [`get_blocking`],
@@ -36,6 +38,7 @@
 //! - `response`: [`Response`], what the one-shot helpers return.
 //! - `conn`: one HTTP/1.1 (hyper) or HTTP/2 (h2) connection, plain or TLS; tells "never sent" from
 //!   "sent and lost".
+//! - `goaway`: the last stream id of the server's HTTP/2 GOAWAY, read off the incoming frames.
 //! - `tls`: [`Tls`], the rustls client set-up, and [`TlsInfo`].
 //! - `oneshot`: [`get`], [`get_with_timeout`].
 //! - `blocking`: [`get_blocking`] over `std::net::TcpStream`.
@@ -45,6 +48,7 @@
 mod blocking;
 mod conn;
 mod failure;
+mod goaway;
 mod load;
 mod oneshot;
 mod report;

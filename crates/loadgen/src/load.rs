@@ -35,6 +35,9 @@ pub const MAX_FAILURE_DETAILS: usize = 20;
 /// that is down does not turn the run into a busy loop of refused connects. Each of those
 /// requests is still counted as failed.
 const PAUSE_AFTER_CONNECT_FAILURE: Duration = Duration::from_millis(10);
+/// How many times one request may be refused by GOAWAY (and sent again on a new connection)
+/// before it counts as failed: each refusal is a new drain, so more means something is wrong.
+const MAX_REFUSALS: u32 = 3;
 
 /// How each worker talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +125,8 @@ pub struct Snapshot {
     pub failures: BTreeMap<FailureKind, u64>,
     /// TCP connections opened so far.
     pub connects: u64,
+    /// See [`Report::refused`].
+    pub refused: u64,
 }
 
 impl Snapshot {
@@ -191,6 +196,7 @@ impl Load {
             ok: self.shared.ok.load(Ordering::Relaxed),
             failures,
             connects: self.shared.connects.load(Ordering::Relaxed),
+            refused: self.shared.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -233,6 +239,7 @@ impl Load {
             ok,
             failures: failures.by_kind,
             connects: self.shared.connects.load(Ordering::Relaxed),
+            refused: self.shared.refused.load(Ordering::Relaxed),
             samples_dropped: (ok + failed).saturating_sub(samples.len() as u64),
             samples,
             first_failures: failures.first,
@@ -258,6 +265,7 @@ struct Shared {
     ok: AtomicU64,
     failed: AtomicU64,
     connects: AtomicU64,
+    refused: AtomicU64,
     /// Touched only on failure, so a lock costs nothing on the fast path.
     failures: Mutex<Failures>,
 }
@@ -283,6 +291,7 @@ impl Shared {
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             failures: Mutex::new(Failures::default()),
         }
     }
@@ -392,7 +401,10 @@ async fn request(
         .post_json
         .as_ref()
         .map(|template| Bytes::from(template.replace("{n}", &index.to_string())));
-    // At most two rounds: the second one is always on a new connection, which returns.
+    // A request not sent on a reused connection goes again on a new one, which returns; a
+    // refused one goes again too, a bounded number of times (each refusal means the server
+    // began a drain after this connection was opened).
+    let mut refusals = 0;
     loop {
         let reused = connection.is_some();
         let open = match connection {
@@ -423,6 +435,19 @@ async fn request(
                 return Err(Failure::EarlyClose(
                     "the new connection was closed before the request could be written".to_owned(),
                 ));
+            }
+            Ok(Err(SendError::Refused)) if refusals < MAX_REFUSALS => {
+                *connection = None;
+                refusals += 1;
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Ok(Err(SendError::Refused)) => {
+                *connection = None;
+                return Err(Failure::EarlyClose(format!(
+                    "refused by GOAWAY on {} connections in a row",
+                    MAX_REFUSALS + 1
+                )));
             }
             Ok(Err(SendError::Failed(failure))) => {
                 *connection = None;

@@ -70,5 +70,9 @@ async fn get_on_new_connection(target: Target, timeout: Duration) -> Result<Resp
         Ok(Err(SendError::NotSent)) => Err(Failure::EarlyClose(
             "the new connection was closed before the request could be written".to_owned(),
         )),
+        // Only HTTP/2 streams are refused, and this speaks HTTP/1.1.
+        Ok(Err(SendError::Refused)) => Err(Failure::EarlyClose(
+            "the server refused the request with GOAWAY".to_owned(),
+        )),
     }
 }

@@ -58,6 +58,10 @@ pub struct Report {
     /// TCP connections opened successfully (keep-alive and h2 reuse them; close mode opens one per
     /// request).
     pub connects: u64,
+    /// HTTP/2 requests the server refused with GOAWAY (a stream above its last stream id, which
+    /// it says it did not process) and that were sent again on a new connection, as RFC 9113
+    /// §8.7 allows and browsers do. Each is counted once, as ok or failed, by its last try.
+    pub refused: u64,
     /// One sample per request, sorted by start time.
     pub samples: Vec<Sample>,
     /// Requests that have no sample because the run exceeded [`MAX_SAMPLES`](crate::MAX_SAMPLES)
@@ -169,6 +173,9 @@ impl fmt::Display for Report {
             self.failed(),
             self.connects,
         )?;
+        if self.refused > 0 {
+            write!(f, "; {} refused by GOAWAY and sent again", self.refused)?;
+        }
         let quantiles = [0.5, 0.99, 1.0].map(|q| self.quantile(q, None));
         if let [Some(p50), Some(p99), Some(max)] = quantiles {
             write!(f, "; latency p50 {p50:.2?}, p99 {p99:.2?}, max {max:.2?}")?;
@@ -223,6 +230,7 @@ mod tests {
             ok: 100,
             failures: BTreeMap::from([(FailureKind::EarlyClose, 1)]),
             connects: 1,
+            refused: 0,
             samples,
             samples_dropped: 0,
             first_failures: Vec::new(),
