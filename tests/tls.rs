@@ -227,6 +227,8 @@ async fn https_under_ten_upgrades_loses_no_request() {
     }
     for load in loads {
         let report = stop_load(load).await;
+        // Shown with --nocapture: how many h2 requests GOAWAY refused and the client re-sent.
+        println!("{report}");
         assert!(report.ok > 0, "{report}");
         assert_eq!(report.failed(), 0, "{report}\nlog:\n{}", server.log());
     }
