@@ -90,16 +90,11 @@ impl Db {
         let backend = Backend::of(&settings.url)?;
         let shared = Arc::new(Shared::default());
         let (options, statements) = recipe(settings, backend, Create::IfMissing)?;
-        let mut conn = connect_direct(
-            &options,
-            &settings.url,
-            settings.acquire_timeout,
-            &statements,
-        )
+        let applied = on_one_connection(settings, &options, &statements, async |conn| {
+            prepare_file(conn, backend).await?;
+            migrations.apply(backend, conn).await
+        })
         .await?;
-        prepare_file(&mut conn, backend).await?;
-        let applied = migrations.apply(backend, &mut conn).await?;
-        let _ = conn.close().await;
         for migration in &applied {
             tracing::info!(%migration, backend = backend.name(), "migration applied");
         }
@@ -233,21 +228,28 @@ pub async fn migrate(
         Create::Never
     };
     let (options, statements) = recipe(settings, backend, create)?;
-    let mut conn = connect_direct(
-        &options,
-        &settings.url,
-        settings.acquire_timeout,
-        &statements,
-    )
-    .await?;
-    let result = if apply {
-        match prepare_file(&mut conn, backend).await {
-            Ok(()) => migrations.apply(backend, &mut conn).await,
-            Err(err) => Err(err),
+    on_one_connection(settings, &options, &statements, async |conn| {
+        if apply {
+            prepare_file(conn, backend).await?;
+            migrations.apply(backend, conn).await
+        } else {
+            migrations.pending(backend, conn).await
         }
-    } else {
-        migrations.pending(backend, &mut conn).await
-    };
+    })
+    .await
+}
+
+/// Runs `work` on one connection of its own (migrations run before any pool exists, and
+/// must not hold a pooled connection), and closes it whatever `work` returned.
+async fn on_one_connection<T>(
+    settings: &settings::Database,
+    options: &AnyConnectOptions,
+    statements: &[String],
+    work: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    let mut conn =
+        connect_direct(options, &settings.url, settings.acquire_timeout, statements).await?;
+    let result = work(&mut conn).await;
     let _ = conn.close().await;
     result
 }
