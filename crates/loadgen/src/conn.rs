@@ -84,9 +84,9 @@ pub(crate) enum SendError {
     /// The connection was closed before any byte of the request was written: the server never saw
     /// it, so the caller may send it on a new connection without that being a retry.
     NotSent,
-    /// The request was sent on an HTTP/2 stream above the server's GOAWAY last stream id: the
-    /// server said it did not process it, so it may be sent again on a new connection (RFC 9113
-    /// §8.7), and is counted as such.
+    /// The server said it did not process this HTTP/2 request: its stream is above the GOAWAY's
+    /// last stream id, or was reset with `REFUSED_STREAM`. It may be sent again on a new
+    /// connection (RFC 9113 §8.7), and is counted as such.
     Refused,
     /// The request was (at least partly) written and no full response came back.
     Failed(Failure),
@@ -365,7 +365,9 @@ impl Http2 {
 
         let stream_id = u32::from(response.stream_id());
         let response = response.await.map_err(|err| {
-            if err.is_go_away() && err.is_remote() && self.goaway.refused(stream_id) {
+            let refused_stream = err.is_reset() && err.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let above_goaway = err.is_go_away() && self.goaway.refused(stream_id);
+            if err.is_remote() && (refused_stream || above_goaway) {
                 SendError::Refused
             } else {
                 SendError::Failed(failure::from_h2(&err))
