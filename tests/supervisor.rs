@@ -251,14 +251,17 @@ async fn a_failing_new_worker_changes_nothing() {
     );
     let record = sup.supervisor_record().expect("the supervisor record");
     assert!(
-        record.last_upgrade.is_none(),
+        record.upgrades.last_upgrade.is_none(),
         "the pre-check sent no signal: {record:?}"
     );
 
     // The raw signal gets past the pre-check: the supervisor starts the broken binary.
     sup.signal_pid(supervisor, Signal::SIGUSR2);
     let failed = sup.wait_while_up("the failed upgrade's record", || {
-        sup.supervisor_record()?.last_upgrade.filter(|u| !u.ok)
+        sup.supervisor_record()?
+            .upgrades
+            .last_upgrade
+            .filter(|u| !u.ok)
     });
     let reason = failed.error.expect("a failed upgrade says why");
     assert!(reason.contains("exited before it was ready"), "{reason}");
@@ -284,7 +287,7 @@ async fn a_failing_new_worker_changes_nothing() {
     assert_eq!(report.failed(), 0, "{report}");
     let record = sup.supervisor_record().expect("the supervisor record");
     assert!(
-        record.last_upgrade.as_ref().is_some_and(|u| u.ok),
+        record.upgrades.last_upgrade.as_ref().is_some_and(|u| u.ok),
         "{record:?}"
     );
     assert_eq!(record.restarts, 0);
@@ -310,6 +313,7 @@ fn a_failing_new_workers_reason_reaches_the_record() {
         sup.signal_pid(supervisor, Signal::SIGUSR2);
         let failed = sup.wait_while_up("the failed upgrade's record", || {
             sup.supervisor_record()?
+                .upgrades
                 .last_upgrade
                 .filter(|u| !u.ok && u.seq > seen)
         });

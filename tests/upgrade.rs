@@ -282,7 +282,7 @@ async fn failed_upgrade_changes_nothing(case: Broken, via_cli: bool) {
     wait_until(DEADLINE, "the state file to have the outcome", || {
         server
             .record()
-            .and_then(|r| r.last_upgrade)
+            .and_then(|r| r.upgrades.last_upgrade)
             .is_some_and(|u| u.seq > seq && !u.ok)
     });
 

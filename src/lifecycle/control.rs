@@ -9,7 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::pidfile::{self, PidFileError, proc_stat, state_path};
-use super::record::{ReloadSummary, ServerRecord, SupervisorRecord};
+use super::record::{ReloadSummary, ServerRecord, SupervisorRecord, UpgradeBook};
 use super::supervisor_path;
 use super::trust::{self, NotOurs};
 
@@ -272,9 +272,10 @@ pub struct Upgraded {
 }
 
 /// Checks the configuration with the binary an upgrade will start (as `nginx -t`), then
-/// SIGUSR2, then waits until the next generation serves or the server says why not. `binary`
-/// is the build the operator says the server will start (default: this command's own
-/// executable); see `precheck`.
+/// SIGUSR2, then waits until the next generation serves (and its probation passed) or the
+/// server says why not. `binary` is the build the operator says the server will start
+/// (default: this command's own executable); see `precheck`. Both modes are one path: only
+/// where the outcome is recorded differs (`Outcome`).
 pub fn upgrade(
     pid_file: &Path,
     binary: Option<&Path>,
@@ -286,74 +287,109 @@ pub fn upgrade(
         .clone()
         .ok_or(ControlError::NoWorker { pid: located.pid })?;
     super::precheck::precheck(located.pid, &record, binary)?;
-    match located.supervisor.clone() {
-        Some(sup) => upgrade_supervised(
-            pid_file,
-            located.pid,
-            located.start_ticks,
-            record,
-            sup,
-            timeout,
-        ),
-        None => upgrade_direct(pid_file, located.pid, located.start_ticks, record, timeout),
-    }
+    let outcome = Outcome::new(pid_file, &located, &record);
+    let timeout = timeout
+        .unwrap_or(Duration::from_millis(outcome.book.ready_timeout_ms) + Duration::from_secs(10));
+    signal(located.pid, Signal::SIGUSR2)?;
+    let mut gone_since: Option<Instant> = None;
+    let new = wait_for(
+        timeout,
+        "the next generation to be ready",
+        &outcome.path,
+        || {
+            if let Some(new) = outcome.next_generation() {
+                return Some(Ok(new));
+            }
+            if let Some(Err(err)) = outcome.verdict() {
+                return Some(Err(err));
+            }
+            // Gone, and no other process took over: give a handover in progress its moment.
+            let taken_over = matches!(pidfile::read(pid_file), Ok(Some(p)) if p != located.pid);
+            if !taken_over && !alive(located.pid, located.start_ticks) {
+                let gone = *gone_since.get_or_insert_with(Instant::now);
+                if gone.elapsed() > HANDOVER_GRACE {
+                    return Some(Err(ControlError::Exited {
+                        pid: located.pid,
+                        what: "upgrading",
+                    }));
+                }
+            }
+            None
+        },
+    )?;
+    wait_probation(pid_file, &new, || outcome.verdict())?;
+    Ok(Upgraded {
+        old_pid: record.pid,
+        new_pid: new.pid,
+        version: new.version,
+        supervisor: located.supervisor.map(|_| located.pid),
+    })
 }
 
-fn upgrade_direct(
-    pid_file: &Path,
+/// Where the outcome of one upgrade shows: in the record of whoever runs upgrades (the server
+/// in direct mode, the supervisor in supervised mode), as the first upgrade or refusal after
+/// those it had when the client signalled.
+struct Outcome<'a> {
+    pid_file: &'a Path,
+    /// The process signalled; its record carries the verdict.
     pid: u32,
-    start_ticks: u64,
-    record: ServerRecord,
-    timeout: Option<Duration>,
-) -> Result<Upgraded, ControlError> {
-    let upgrades_before = record.last_upgrade.as_ref().map_or(0, |r| r.seq);
-    let refusals_before = record.last_refusal.as_ref().map_or(0, |r| r.seq);
-    let timeout =
-        timeout.unwrap_or(Duration::from_millis(record.ready_timeout_ms) + Duration::from_secs(10));
-    signal(pid, Signal::SIGUSR2)?;
-    let state = state_path(pid_file);
-    // The old process's verdict, once it has one: a failure, a refusal, or a rollback.
-    let old_verdict = || {
-        let now = ServerRecord::read(&state).filter(|r| r.pid == pid)?;
-        outcome(
-            now.last_upgrade.as_ref(),
-            now.last_refusal.as_ref(),
-            upgrades_before,
-            refusals_before,
-        )
-    };
-    let mut gone_since: Option<Instant> = None;
-    let ready = wait_for(timeout, "the new process to be ready", &state, || {
-        if let Ok(Some(new_pid)) = pidfile::read(pid_file)
-            && new_pid != pid
-            && let Ok(new) = locate(pid_file)
-            && let Some(record) = new.record
-        {
-            return Some(Ok(record));
+    supervised: bool,
+    /// That record's file.
+    path: PathBuf,
+    /// Its bookkeeping when the client signalled.
+    book: UpgradeBook,
+}
+
+impl<'a> Outcome<'a> {
+    fn new(pid_file: &'a Path, located: &Located, record: &ServerRecord) -> Self {
+        let (supervised, path, book) = match &located.supervisor {
+            Some(sup) => (true, supervisor_path(pid_file), sup.upgrades.clone()),
+            None => (false, state_path(pid_file), record.upgrades.clone()),
+        };
+        Self {
+            pid_file,
+            pid: located.pid,
+            supervised,
+            path,
+            book,
         }
-        // Success shows as the pid file naming the new process, above.
-        if let Some(Err(err)) = old_verdict() {
-            return Some(Err(err));
+    }
+
+    /// The signalled process's bookkeeping now (`None` mid-handover, or once it is not the
+    /// file's writer any more).
+    fn book(&self) -> Option<UpgradeBook> {
+        if self.supervised {
+            let sup = SupervisorRecord::read(&self.path).filter(|s| s.pid == self.pid)?;
+            Some(sup.upgrades)
+        } else {
+            let server = ServerRecord::read(&self.path).filter(|r| r.pid == self.pid)?;
+            Some(server.upgrades)
         }
-        // Gone while the pid file still names it: give a handover in progress its moment.
-        if !alive(pid, start_ticks) && pidfile::read(pid_file).ok()? == Some(pid) {
-            let gone = *gone_since.get_or_insert_with(Instant::now);
-            if gone.elapsed() > HANDOVER_GRACE {
-                return Some(Err(ControlError::Exited {
-                    pid,
-                    what: "upgrading",
-                }));
+    }
+
+    /// Its verdict, once it has one: the new pid (supervised mode records success too), a
+    /// failure, a refusal or a rollback.
+    fn verdict(&self) -> Option<Result<Option<u32>, ControlError>> {
+        next_outcome(&self.book()?, self.book.seen())
+    }
+
+    /// The next generation's record, once it serves. Direct mode: the pid file names it (it
+    /// claims the run files before it says it is ready). Supervised mode: the supervisor
+    /// recorded it, and its state file names it.
+    fn next_generation(&self) -> Option<ServerRecord> {
+        if self.supervised {
+            let Ok(new_pid) = self.verdict()? else {
+                return None;
+            };
+            ServerRecord::read(&state_path(self.pid_file)).filter(|r| Some(r.pid) == new_pid)
+        } else {
+            let named = pidfile::read(self.pid_file).ok()??;
+            if named == self.pid {
+                return None;
             }
+            locate(self.pid_file).ok()?.record
         }
-        None
-    })?;
-    let upgraded = Upgraded {
-        old_pid: pid,
-        new_pid: ready.pid,
-        version: ready.version.clone(),
-        supervisor: None,
-    };
-    wait_probation(pid_file, &ready, old_verdict).map(|()| upgraded)
+    }
 }
 
 /// Waits until the previous generation has stopped standing by (as the new one recorded it),
@@ -361,7 +397,7 @@ fn upgrade_direct(
 fn wait_probation(
     pid_file: &Path,
     new: &ServerRecord,
-    old_verdict: impl Fn() -> Option<Result<Option<u32>, ControlError>>,
+    verdict: impl Fn() -> Option<Result<Option<u32>, ControlError>>,
 ) -> Result<(), ControlError> {
     let Some(until_ms) = new.probation_until_ms else {
         return Ok(());
@@ -371,7 +407,7 @@ fn wait_probation(
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     let state = state_path(pid_file);
-    let rolled_back = || match old_verdict() {
+    let rolled_back = || match verdict() {
         Some(Err(err)) => Some(err),
         _ => None,
     };
@@ -405,59 +441,18 @@ fn wait_probation(
     )
 }
 
-fn upgrade_supervised(
-    pid_file: &Path,
-    pid: u32,
-    start_ticks: u64,
-    record: ServerRecord,
-    sup: SupervisorRecord,
-    timeout: Option<Duration>,
-) -> Result<Upgraded, ControlError> {
-    let upgrades_before = sup.last_upgrade.as_ref().map_or(0, |r| r.seq);
-    let refusals_before = sup.last_refusal.as_ref().map_or(0, |r| r.seq);
-    let timeout =
-        timeout.unwrap_or(Duration::from_millis(sup.ready_timeout_ms) + Duration::from_secs(10));
-    signal(pid, Signal::SIGUSR2)?;
-    let sup_path = supervisor_path(pid_file);
-    let state = state_path(pid_file);
-    wait_for(timeout, "the new worker to be ready", &sup_path, || {
-        if !alive(pid, start_ticks) {
-            return Some(Err(ControlError::Exited {
-                pid,
-                what: "upgrading",
-            }));
-        }
-        let now = SupervisorRecord::read(&sup_path).filter(|s| s.pid == pid)?;
-        let new_pid = match outcome(
-            now.last_upgrade.as_ref(),
-            now.last_refusal.as_ref(),
-            upgrades_before,
-            refusals_before,
-        )? {
-            Ok(new_pid) => new_pid,
-            Err(err) => return Some(Err(err)),
-        };
-        // Ready was reported; its state file names it a moment later.
-        let new = ServerRecord::read(&state).filter(|r| Some(r.pid) == new_pid)?;
-        Some(Ok(Upgraded {
-            old_pid: record.pid,
-            new_pid: new.pid,
-            version: new.version,
-            supervisor: Some(pid),
-        }))
-    })
-}
-
-/// The outcome of the next upgrade after `upgrades_before`/`refusals_before`, if there is one
-/// yet: the new pid, the failure, or a refusal (not one saying another upgrade is in flight:
-/// that one's outcome is still to come).
-fn outcome(
-    upgrade: Option<&super::state::UpgradeRecord>,
-    refusal: Option<&super::state::RefusalRecord>,
-    upgrades_before: u64,
-    refusals_before: u64,
+/// The outcome of the first upgrade after `seen` (upgrade and refusal sequence numbers), if
+/// there is one yet: the new pid, the failure, or a refusal (not one saying another upgrade is
+/// in flight: that one's outcome is still to come).
+fn next_outcome(
+    book: &UpgradeBook,
+    (upgrades_before, refusals_before): (u64, u64),
 ) -> Option<Result<Option<u32>, ControlError>> {
-    if let Some(up) = upgrade.filter(|u| u.seq > upgrades_before) {
+    if let Some(up) = book
+        .last_upgrade
+        .as_ref()
+        .filter(|u| u.seq > upgrades_before)
+    {
         return Some(if up.ok {
             Ok(up.new_pid)
         } else if up.rolled_back {
@@ -474,7 +469,10 @@ fn outcome(
             ))
         });
     }
-    let refusal = refusal.filter(|r| r.seq > refusals_before && !r.in_flight)?;
+    let refusal = book
+        .last_refusal
+        .as_ref()
+        .filter(|r| r.seq > refusals_before && !r.in_flight)?;
     Some(Err(ControlError::UpgradeRefused(refusal.reason.clone())))
 }
 
@@ -489,8 +487,8 @@ pub fn stop(pid_file: &Path, timeout: Option<Duration>) -> Result<Vec<u32>, Cont
         supervisor,
     } = locate(pid_file)?;
     let drain_ms = supervisor
-        .map(|s| s.shutdown_timeout_ms)
-        .or(record.as_ref().map(|r| r.shutdown_timeout_ms))
+        .map(|s| s.upgrades.shutdown_timeout_ms)
+        .or(record.as_ref().map(|r| r.upgrades.shutdown_timeout_ms))
         .unwrap_or(0);
     let timeout = timeout.unwrap_or(Duration::from_millis(drain_ms) + Duration::from_secs(10));
     let mut processes = vec![(pid, start_ticks)];

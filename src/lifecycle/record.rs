@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::pidfile::{PidFileError, read_text, read_trusted};
-use super::state::{ListenerInfo, RefusalRecord, UpgradeRecord};
+use super::runfiles::millis;
+use super::state::{ListenerInfo, ProcessState, RefusalRecord, UpgradeRecord};
+use crate::settings::Settings;
 
 /// One line of the reload story, owned (the server's `ReloadOutcome` borrows static keys).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,11 +50,10 @@ pub struct ServerRecord {
     pub supervised: bool,
     pub config_generation: u64,
     pub last_reload: Option<ReloadSummary>,
-    pub last_upgrade: Option<UpgradeRecord>,
-    pub last_refusal: Option<RefusalRecord>,
-    /// How long a client should wait for an upgrade or a stop.
-    pub ready_timeout_ms: u64,
-    pub shutdown_timeout_ms: u64,
+    /// Direct mode's upgrades (in supervised mode the supervisor's record has the ones that
+    /// count; a worker runs none).
+    #[serde(flatten)]
+    pub upgrades: UpgradeBook,
     /// After a direct-mode upgrade: the previous generation, which may still stand by or
     /// drain. `baton stop` waits for it too.
     #[serde(default)]
@@ -61,6 +62,38 @@ pub struct ServerRecord {
     /// time, ms). Until then a death of this process is rolled back; `baton upgrade` waits.
     #[serde(default)]
     pub probation_until_ms: Option<u64>,
+}
+
+/// The upgrade bookkeeping a client reads, one type for both modes, written by whoever runs the
+/// upgrades: the server in direct mode, the supervisor in supervised mode. Two files rather than
+/// one because each file has one writer (an atomic rename needs no lock), and in direct mode the
+/// server's file passes to the next generation at the handover.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpgradeBook {
+    pub last_upgrade: Option<UpgradeRecord>,
+    pub last_refusal: Option<RefusalRecord>,
+    /// How long a client should wait for an upgrade or a stop.
+    pub ready_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+impl UpgradeBook {
+    pub(super) fn of(process: &ProcessState, settings: &Settings) -> Self {
+        Self {
+            last_upgrade: process.last_upgrade(),
+            last_refusal: process.last_refusal(),
+            ready_timeout_ms: millis(settings.upgrade.ready_timeout),
+            shutdown_timeout_ms: millis(settings.lifecycle.shutdown_timeout),
+        }
+    }
+
+    /// The sequence numbers of the last upgrade and refusal, to tell the next ones.
+    pub(super) fn seen(&self) -> (u64, u64) {
+        (
+            self.last_upgrade.as_ref().map_or(0, |u| u.seq),
+            self.last_refusal.as_ref().map_or(0, |r| r.seq),
+        )
+    }
 }
 
 /// One process for the life of the machine: a pid and its start time (see `ProcStat`).
@@ -132,10 +165,8 @@ pub struct SupervisorRecord {
     pub generation: u64,
     /// Workers restarted after dying unexpectedly.
     pub restarts: u64,
-    pub last_upgrade: Option<UpgradeRecord>,
-    pub last_refusal: Option<RefusalRecord>,
-    pub ready_timeout_ms: u64,
-    pub shutdown_timeout_ms: u64,
+    #[serde(flatten)]
+    pub upgrades: UpgradeBook,
 }
 
 impl SupervisorRecord {

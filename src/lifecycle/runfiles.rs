@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::Context;
 use super::pidfile::{self, proc_stat, state_path};
-use super::record::{ProcessRef, ReloadResult, ReloadSummary, ServerRecord};
+use super::record::{ProcessRef, ReloadResult, ReloadSummary, ServerRecord, UpgradeBook};
 use crate::settings::ReloadOutcome;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +68,7 @@ fn write_state(ctx: &Context) -> Result<(), RunFileError> {
             .settings
             .last_reload()
             .map(|r| summarize(r.seq, r.outcome, ctx.settings.generation())),
-        last_upgrade: ctx.process.last_upgrade(),
-        last_refusal: ctx.process.last_refusal(),
-        ready_timeout_ms: millis(settings.upgrade.ready_timeout),
-        shutdown_timeout_ms: millis(settings.lifecycle.shutdown_timeout),
+        upgrades: UpgradeBook::of(&ctx.process, &settings),
         previous: ctx.previous,
         probation_until_ms: ctx.probation_until.map(unix_millis),
     };

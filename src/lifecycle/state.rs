@@ -393,7 +393,7 @@ impl ProcessState {
     }
 
     pub(crate) fn record_drain(&self, report: &super::drain::DrainReport) {
-        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let millis = super::runfiles::millis;
         let mut last = lock(&self.inner.last_drain);
         let seq = last.as_ref().map_or(1, |r| r.seq + 1);
         *last = Some(DrainRecord {

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::handover::{ExecImage, Startup};
-use super::record::SupervisorRecord;
+use super::record::{SupervisorRecord, UpgradeBook};
 use super::signals::{Command, Commands};
 use super::state::ProcessState;
 use super::upgrade::{self, LineReader, UpgradeError};
@@ -383,10 +383,7 @@ impl Supervisor {
             worker_pid: self.current.map(|w| w.pid),
             generation: self.current.map_or(0, |w| w.generation),
             restarts: self.restarts,
-            last_upgrade: self.records.last_upgrade(),
-            last_refusal: self.records.last_refusal(),
-            ready_timeout_ms: super::runfiles::millis(self.settings.upgrade.ready_timeout),
-            shutdown_timeout_ms: super::runfiles::millis(self.settings.lifecycle.shutdown_timeout),
+            upgrades: UpgradeBook::of(&self.records, &self.settings),
         };
         let path = super::supervisor_path(&self.pid_file);
         if let Err(err) = record.write(&path) {
