@@ -49,6 +49,10 @@ struct Options {
     /// Upgrades idle, and again under load.
     #[arg(long, default_value_t = 10)]
     upgrades: usize,
+    /// Another baton build to load in the same rounds (e.g. main's, for a before/after
+    /// comparison that the machine's drift cannot bias).
+    #[arg(long)]
+    compare: Option<PathBuf>,
 }
 
 /// Bound on starting a server and on one handover.
@@ -77,7 +81,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpeedError {
 
 /// A started server, killed (SIGKILL, then reaped) when dropped.
 struct Server {
-    name: &'static str,
+    name: String,
     addr: SocketAddr,
     child: Child,
 }
@@ -134,7 +138,7 @@ fn start_nginx(dir: &Path) -> Result<Server, SpeedError> {
         .spawn()
         .map_err(io("start nginx"))?;
     let server = Server {
-        name: "nginx",
+        name: "nginx".into(),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         child,
     };
@@ -154,7 +158,7 @@ fn start_bare(program: &Path, dir: &Path) -> Result<Server, SpeedError> {
         .spawn()
         .map_err(io("start bare_axum"))?;
     let server = Server {
-        name: "bare axum",
+        name: "bare axum".into(),
         addr,
         child,
     };
@@ -164,7 +168,11 @@ fn start_bare(program: &Path, dir: &Path) -> Result<Server, SpeedError> {
 
 /// baton with its defaults, but on free loopback ports and with a short probation and lame
 /// duck, so the upgrades of the handover figures follow each other quickly.
-fn start_baton(program: &Path, dir: &Path) -> Result<(Server, SocketAddr), SpeedError> {
+fn start_baton(
+    name: String,
+    program: &Path,
+    dir: &Path,
+) -> Result<(Server, SocketAddr), SpeedError> {
     let (http, admin) = (free_port()?, free_port()?);
     std::fs::create_dir_all(dir.join("config")).map_err(io("create config/"))?;
     let text = format!(
@@ -178,11 +186,11 @@ fn start_baton(program: &Path, dir: &Path) -> Result<(Server, SocketAddr), Speed
         .spawn()
         .map_err(io("start baton"))?;
     let server = Server {
-        name: "baton",
+        name,
         addr: SocketAddr::from(([127, 0, 0, 1], http)),
         child,
     };
-    wait_serving("baton", server.addr)?;
+    wait_serving(&server.name, server.addr)?;
     Ok((server, SocketAddr::from(([127, 0, 0, 1], admin))))
 }
 
@@ -388,20 +396,24 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
     }
     let nginx = start_nginx(&nginx_dir)?;
     let bare = start_bare(&bare_program, dir.path())?;
-    let (baton, admin) = start_baton(&baton_program, &baton_dir)?;
+    let (baton, admin) = start_baton("baton".into(), &baton_program, &baton_dir)?;
+    let other = match &options.compare {
+        Some(program) => {
+            let other_dir = dir.path().join("other");
+            std::fs::create_dir_all(&other_dir).map_err(io("create a temp dir"))?;
+            let name = format!("baton ({})", program.display());
+            Some(start_baton(name, program, &other_dir)?.0)
+        }
+        None => None,
+    };
     let mut clean = true;
 
-    let ceiling = wrk(nginx.addr, Kind::KeepAlive, options, options.seconds)?.rps;
-    println!(
-        "wrk -t2 -c{}: calibration against nginx: {ceiling:.0} req/s (client ceiling at least this)\n",
-        options.connections
-    );
-
-    let servers = [&nginx, &bare, &baton];
-    println!(
-        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | vs bare axum | vs nginx |"
-    );
-    println!("| --- | --- | ---: | ---: | --- | ---: | ---: |");
+    // wrk warms up against the cheapest server first; its best figure, there or in the rounds,
+    // is the least the client can do on this machine.
+    let mut ceiling = wrk(nginx.addr, Kind::KeepAlive, options, options.seconds)?.rps;
+    let mut servers = vec![&nginx, &bare, &baton];
+    servers.extend(other.as_ref());
+    let mut rows = Vec::new();
     for kind in [Kind::KeepAlive, Kind::Close] {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
         for round in 0..options.rounds {
@@ -411,6 +423,9 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
                 clean &= run.errors == 0;
                 runs[index].push(run);
             }
+        }
+        if kind == Kind::KeepAlive {
+            ceiling = runs[0].iter().map(|r| r.rps).fold(ceiling, f64::max);
         }
         let rps: Vec<f64> = runs
             .iter()
@@ -422,20 +437,33 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
                 .iter()
                 .map(|r| format!("{:.0}", r.rps))
                 .collect();
-            let bound = if kind == Kind::KeepAlive && index != 0 && rps[index] > 0.8 * ceiling {
+            // A figure near the client's ceiling may be wrk's limit, not the server's.
+            let bound = if index != 0 && runs[index].iter().any(|r| r.rps > 0.8 * ceiling) {
                 " (client-bound)"
             } else {
                 ""
             };
-            println!(
+            rows.push(format!(
                 "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {:.2} | {:.2} |",
                 server.name,
                 rps[index],
                 each.join(", "),
                 rps[index] / rps[1],
                 rps[index] / rps[0],
-            );
+            ));
         }
+    }
+    println!(
+        "wrk -t2 -c{} -d{}s, {} rounds; client ceiling (best wrk figure against nginx, the \
+         cheapest server): {ceiling:.0} req/s\n",
+        options.connections, options.seconds, options.rounds
+    );
+    println!(
+        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | vs bare axum | vs nginx |"
+    );
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: |");
+    for row in rows {
+        println!("{row}");
     }
 
     println!(
