@@ -3,56 +3,168 @@
 //!
 //! tower-http's `TimeoutLayer` fixes its duration when the router is built; this one reads
 //! `server.request_timeout` from the current snapshot, so a reload changes it for the next
-//! request. One function rather than one layer per job keeps the per-request overhead to a
-//! single boxed future.
+//! request. It is a `tower::Layer` written out, not `axum::middleware::from_fn`: `from_fn`
+//! boxes each request's future and clones the inner route into a boxed `Next`, two
+//! allocations per request that showed in the profile (BENCHMARKS.md, "Where the template's
+//! time goes"); here the future is a plain struct around the route's own.
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Timeout;
 
 use super::access;
 use super::error::AppError;
 use super::extract::CurrentSettings;
+use super::metrics::InFlight;
 use super::state::AppState;
 
-pub(crate) async fn apply_settings(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let (settings, generation) = state.settings().snapshot();
-    let timeout = settings.server.request_timeout;
-    // The route as the router matched it, never the raw path: a bounded label set.
-    let matched = request.extensions().get::<MatchedPath>();
-    let route = state.metrics().route(matched.map(MatchedPath::as_str));
-    let access = settings
-        .log
-        .access
-        .then(|| access::Entry::of(&request, matched));
-    #[cfg(feature = "otel")]
-    let span = crate::otel::request_span(
-        request.method().as_str(),
-        matched.map_or(super::metrics::UNMATCHED, MatchedPath::as_str),
-        request.headers(),
-    );
-    request
-        .extensions_mut()
-        .insert(CurrentSettings(settings, generation));
+/// Adds [`PerRequest`] to every route it is layered on.
+#[derive(Debug, Clone)]
+pub(crate) struct ApplySettings {
+    state: AppState,
+}
 
-    let in_flight = state.metrics().request_started(route);
-    let run = next.run(request);
-    #[cfg(feature = "otel")]
-    let run = tracing::Instrument::instrument(run, span.clone());
-    // On timeout the handler's future is dropped, which cancels whatever it was awaiting.
-    let response = match tokio::time::timeout(timeout, run).await {
-        Ok(response) => response,
-        Err(_elapsed) => AppError::Timeout.into_response(),
-    };
-    #[cfg(feature = "otel")]
-    crate::otel::record_status(&span, response.status());
-    let took = in_flight.finish(response.status());
-    if let Some(entry) = access {
-        entry.write(&response, took, state.process().generation());
+impl ApplySettings {
+    pub(crate) fn new(state: AppState) -> Self {
+        Self { state }
     }
-    response
+}
+
+impl<S> tower::Layer<S> for ApplySettings {
+    type Service = PerRequest<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PerRequest {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// A route with the per-request work around it.
+#[derive(Debug, Clone)]
+pub(crate) struct PerRequest<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> tower::Service<Request> for PerRequest<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Finishing<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let state = &self.state;
+        let (settings, generation) = state.settings().snapshot();
+        let timeout = settings.server.request_timeout;
+        // The route as the router matched it, never the raw path: a bounded label set.
+        let matched = request.extensions().get::<MatchedPath>();
+        let route = state.metrics().route(matched.map(MatchedPath::as_str));
+        let access = settings
+            .log
+            .access
+            .then(|| (access::Entry::of(&request, matched), state.clone()));
+        let span = request_span(&request, matched);
+        request
+            .extensions_mut()
+            .insert(CurrentSettings(settings, generation));
+        let in_flight = state.metrics().request_started(route);
+        // `poll_ready` above polled the inner service, as tower asks before a call.
+        let response = self.inner.call(request);
+        #[cfg(feature = "otel")]
+        let response = tracing::Instrument::instrument(response, span.clone());
+        #[cfg(not(feature = "otel"))]
+        let response = tracing::Instrument::instrument(response, span);
+        Finishing {
+            // On timeout the handler's future is dropped, which cancels whatever it awaited.
+            response: tokio::time::timeout(timeout, response),
+            done: Some(Done {
+                in_flight,
+                access,
+                #[cfg(feature = "otel")]
+                span,
+            }),
+        }
+    }
+}
+
+/// The request's span: with the `otel` feature and an endpoint, the exported one; otherwise a
+/// DEBUG span on `baton::request` (`log.filter = "info,baton::request=debug"`) that gives the
+/// handlers' log lines their request, as tower-http's `TraceLayer` did, for the cost of a level
+/// check while it is off (`TraceLayer` cost 4.5 % of the instructions of `GET /` even then).
+fn request_span(request: &Request, matched: Option<&MatchedPath>) -> tracing::Span {
+    let route = matched.map_or(super::metrics::UNMATCHED, MatchedPath::as_str);
+    #[cfg(feature = "otel")]
+    {
+        let span = crate::otel::request_span(request.method().as_str(), route, request.headers());
+        if !span.is_none() {
+            return span;
+        }
+    }
+    tracing::debug_span!(
+        target: "baton::request",
+        "request",
+        method = %request.method(),
+        route = %route,
+        uri = %request.uri(),
+        version = ?request.version(),
+    )
+}
+
+/// What is left to do once the response is there.
+#[derive(Debug)]
+struct Done {
+    /// Dropped unfinished (the client went away): only the in-flight gauge goes down.
+    in_flight: InFlight,
+    access: Option<(access::Entry, AppState)>,
+    #[cfg(feature = "otel")]
+    span: tracing::Span,
+}
+
+pin_project! {
+    /// The route's future, bounded by the request timeout, then counted and logged.
+    #[derive(Debug)]
+    pub(crate) struct Finishing<F> {
+        #[pin]
+        response: Timeout<tracing::instrument::Instrumented<F>>,
+        done: Option<Done>,
+    }
+}
+
+impl<F> Future for Finishing<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match ready!(this.response.poll(cx)) {
+            Ok(Ok(response)) => response,
+            Ok(Err(never)) => match never {},
+            Err(_elapsed) => AppError::Timeout.into_response(),
+        };
+        if let Some(done) = this.done.take() {
+            #[cfg(feature = "otel")]
+            crate::otel::record_status(&done.span, response.status());
+            let took = done.in_flight.finish(response.status());
+            if let Some((entry, state)) = done.access {
+                entry.write(&response, took, state.process().generation());
+            }
+        }
+        Poll::Ready(Ok(response))
+    }
 }

@@ -46,8 +46,6 @@ mod tests;
 
 use axum::Router;
 use axum::routing::get;
-use tower::ServiceBuilder;
-use tower_http::trace::TraceLayer;
 
 pub use access::TARGET as ACCESS_LOG_TARGET;
 pub use carry::AppCarry;
@@ -71,17 +69,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(events::stream))
         .route("/api/ws", get(ws::upgrade))
         .fallback(root::not_found)
-        // One `layer` call for both: each `Router::layer` wraps every route in another boxed
-        // service that is cloned per request. Outermost first: the trace span covers
-        // everything, including a timeout's 503.
-        .layer(
-            ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    middleware::apply_settings,
-                )),
-        )
+        // The request's span, timeout, metrics and access log, in one layer (see
+        // `middleware`): each `Router::layer` wraps every route once more.
+        .layer(middleware::ApplySettings::new(state.clone()))
         .with_state(state)
 }
 
@@ -92,13 +82,9 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/-/status", get(admin::status))
         .route("/metrics", get(admin::metrics))
         .fallback(root::not_found)
-        .layer(
-            ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    admin::authorize,
-                )),
-        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::authorize,
+        ))
         .with_state(state)
 }

@@ -238,3 +238,52 @@ async fn websocket_echoes_then_goes_away_with_1001_when_the_drain_begins() {
         .expect("the lease ends with the closing handshake");
     server.abort();
 }
+
+/// A writer for a test's own subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut buffer = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `baton::request=debug` gives each request a span with its method and matched route (what
+/// tower-http's `TraceLayer` gave before the middleware took its place), so a handler's log
+/// lines name their request.
+#[tokio::test]
+async fn a_debug_filter_gives_each_request_its_span() {
+    let (app, _process, _data) = app().await;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("baton::request=debug")
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _scoped = tracing::subscriber::set_default(subscriber);
+    let request = Request::get("/api/items/7")
+        .body(Body::empty())
+        .expect("a valid request");
+    let response = tokio::time::timeout(DEADLINE, app.oneshot(request))
+        .await
+        .expect("answered in time")
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let text = String::from_utf8_lossy(&captured.0.lock().expect("not poisoned")).into_owned();
+    assert!(
+        text.contains("request{method=GET route=/api/items/{id} uri=/api/items/7"),
+        "{text}"
+    );
+}

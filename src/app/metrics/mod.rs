@@ -94,10 +94,11 @@ impl Metrics {
 
     /// Marks a request in flight until [`InFlight::finish`] or until dropped (a request whose
     /// client went away is not counted, only uncounted from the in-flight gauge).
-    pub(crate) fn request_started(&self, route: &'static Route) -> InFlight<'_> {
+    pub(crate) fn request_started(&self, route: &'static Route) -> InFlight {
         self.in_flight.inc();
         InFlight {
-            gauge: &self.in_flight,
+            // A handle on the same atomic, so the request's future owns what it needs.
+            gauge: self.in_flight.clone(),
             route,
             started: Instant::now(),
         }
@@ -118,13 +119,13 @@ impl Metrics {
 
 /// A request being served (see [`Metrics::request_started`]).
 #[derive(Debug)]
-pub(crate) struct InFlight<'a> {
-    gauge: &'a Gauge<i64, AtomicI64>,
+pub(crate) struct InFlight {
+    gauge: Gauge<i64, AtomicI64>,
     route: &'static Route,
     started: Instant,
 }
 
-impl InFlight<'_> {
+impl InFlight {
     /// Counts the response; returns how long it took.
     pub(crate) fn finish(self, status: StatusCode) -> Duration {
         let took = self.started.elapsed();
@@ -133,7 +134,7 @@ impl InFlight<'_> {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.gauge.dec();
     }
