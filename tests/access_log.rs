@@ -62,6 +62,26 @@ fn text_lines_follow_reloads_and_the_log_filter() {
     server.get("/");
     server.get("/");
     assert_eq!(access_lines(&server).len(), 1, "{}", server.log());
+
+    // `baton::request=debug` gives each request its span (what tower-http's `TraceLayer` gave):
+    // a line logged while serving the request names it.
+    let spans = on.replace(
+        &format!("filter = \"{}\"", config.log_filter),
+        "filter = \"info,baton::request=debug\"",
+    );
+    server.write_config(&spans);
+    let out = server.run_cli(&["reload"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(server.get("/api/items/8").status, 404);
+    let line = wait_for(DEADLINE, "an access line in its request's span", || {
+        access_lines(&server)
+            .into_iter()
+            .find(|line| line.contains("/api/items/8"))
+    });
+    assert!(
+        line.contains("request{method=GET route=/api/items/{id} uri=/api/items/8"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -151,13 +151,17 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match ready!(this.response.poll(cx)) {
+        let mut this = self.project();
+        let response = match ready!(this.response.as_mut().poll(cx)) {
             Ok(Ok(response)) => response,
             Ok(Err(never)) => match never {},
             Err(_elapsed) => AppError::Timeout.into_response(),
         };
         if let Some(done) = this.done.take() {
+            // Inside the request's span, so with `baton::request=debug` the access line names
+            // its request too.
+            let handler = Pin::get_ref(this.response.as_ref()).get_ref();
+            let _entered = handler.span().enter();
             #[cfg(feature = "otel")]
             crate::otel::record_status(&done.span, response.status());
             let took = done.in_flight.finish(response.status());
