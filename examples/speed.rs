@@ -79,7 +79,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpeedError {
     move |source| SpeedError::Io { what, source }
 }
 
-/// A started server, killed (SIGKILL, then reaped) when dropped.
+/// A started server, stopped when dropped: SIGTERM, then SIGKILL after 5 s, then reaped.
 struct Server {
     name: String,
     addr: SocketAddr,
@@ -88,6 +88,17 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master then stops its workers, which a SIGKILL would orphan.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
