@@ -2,12 +2,14 @@
 //! `Query` and `Path` with their rejections turned into [`AppError`], so a bad body or query
 //! gets the same `{"error": ...}` shape as every other error.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use tokio::task::futures::TaskLocalFuture;
 
 use super::error::AppError;
 use super::state::AppState;
@@ -29,19 +31,30 @@ pub(crate) struct AppQuery<T>(pub(crate) T);
 pub(crate) struct AppPath<T>(pub(crate) T);
 
 /// The settings in force when this request arrived, with their config generation. The middleware loads the snapshot once
-/// and stores it in the request, so everything that serves one request (timeout, auth,
+/// and keeps it for the request, so everything that serves one request (timeout, auth,
 /// handler) sees the same settings even if a reload lands half-way through.
 #[derive(Debug, Clone)]
 pub(crate) struct CurrentSettings(pub(crate) Arc<Settings>, pub(crate) u64);
 
+tokio::task_local! {
+    /// The snapshot of the request whose route future is being polled. A task-local rather
+    /// than a request extension: inserting one grew the extension map on every request, 6 % of
+    /// the instructions of `GET /` (BENCHMARKS.md, "Where the template's time goes").
+    static REQUEST_SETTINGS: CurrentSettings;
+}
+
 impl CurrentSettings {
-    fn of(parts: &Parts, state: &AppState) -> Self {
-        parts
-            .extensions
-            .get::<CurrentSettings>()
-            .cloned()
+    /// Runs `route` (the future that extracts and handles one request) with this snapshot as
+    /// the request's settings.
+    pub(crate) fn scope<F: Future>(self, route: F) -> TaskLocalFuture<CurrentSettings, F> {
+        REQUEST_SETTINGS.scope(self, route)
+    }
+
+    fn of(state: &AppState) -> Self {
+        REQUEST_SETTINGS
+            .try_with(CurrentSettings::clone)
             // Only on a router built without the middleware (e.g. a user's own test router).
-            .unwrap_or_else(|| {
+            .unwrap_or_else(|_| {
                 let (settings, generation) = state.settings().snapshot();
                 CurrentSettings(settings, generation)
             })
@@ -52,10 +65,10 @@ impl FromRequestParts<AppState> for CurrentSettings {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
-        parts: &mut Parts,
+        _parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(CurrentSettings::of(parts, state))
+        Ok(CurrentSettings::of(state))
     }
 }
 
@@ -72,7 +85,7 @@ impl FromRequestParts<AppState> for Authorized {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let settings = CurrentSettings::of(parts, state).0;
+        let settings = CurrentSettings::of(state).0;
         let Some(key) = &settings.app.api_key else {
             return Ok(Authorized);
         };

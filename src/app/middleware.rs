@@ -16,7 +16,9 @@ use std::task::{Context, Poll, ready};
 use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Timeout;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Sleep;
+use tracing::instrument::Instrumented;
 
 use super::access;
 use super::error::AppError;
@@ -66,7 +68,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         let state = &self.state;
         let (settings, generation) = state.settings().snapshot();
         let timeout = settings.server.request_timeout;
@@ -78,19 +80,16 @@ where
             .access
             .then(|| (access::Entry::of(&request, matched), state.clone()));
         let span = request_span(&request, matched);
-        request
-            .extensions_mut()
-            .insert(CurrentSettings(settings, generation));
         let in_flight = state.metrics().request_started(route);
         // `poll_ready` above polled the inner service, as tower asks before a call.
-        let response = self.inner.call(request);
+        let response = CurrentSettings(settings, generation).scope(self.inner.call(request));
         #[cfg(feature = "otel")]
         let response = tracing::Instrument::instrument(response, span.clone());
         #[cfg(not(feature = "otel"))]
         let response = tracing::Instrument::instrument(response, span);
         Finishing {
-            // On timeout the handler's future is dropped, which cancels whatever it awaited.
-            response: tokio::time::timeout(timeout, response),
+            response,
+            deadline: Deadline::Unarmed(in_flight.started() + timeout),
             done: Some(Done {
                 in_flight,
                 access,
@@ -139,8 +138,31 @@ pin_project! {
     #[derive(Debug)]
     pub(crate) struct Finishing<F> {
         #[pin]
-        response: Timeout<tracing::instrument::Instrumented<F>>,
+        response: Instrumented<TaskLocalFuture<CurrentSettings, F>>,
+        deadline: Deadline,
         done: Option<Done>,
+    }
+}
+
+/// `server.request_timeout`, armed only once the route has to wait: a request answered at
+/// its first poll (most are) never creates a timer, where `tokio::time::timeout` built one
+/// for every request and made the future it moves around twice as large.
+#[derive(Debug)]
+enum Deadline {
+    Unarmed(std::time::Instant),
+    Armed(Pin<Box<Sleep>>),
+}
+
+impl Deadline {
+    /// Ready once the deadline has passed.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Deadline::Unarmed(at) = *self {
+            *self = Deadline::Armed(Box::pin(tokio::time::sleep_until(at.into())));
+        }
+        match self {
+            Deadline::Armed(sleep) => sleep.as_mut().poll(cx),
+            Deadline::Unarmed(_) => Poll::Pending,
+        }
     }
 }
 
@@ -152,16 +174,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let response = match ready!(this.response.as_mut().poll(cx)) {
-            Ok(Ok(response)) => response,
-            Ok(Err(never)) => match never {},
-            Err(_elapsed) => AppError::Timeout.into_response(),
+        let response = match this.response.as_mut().poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => {
+                ready!(this.deadline.poll(cx));
+                // The handler's future is dropped with this one, which cancels whatever it
+                // awaited.
+                AppError::Timeout.into_response()
+            }
         };
         if let Some(done) = this.done.take() {
             // Inside the request's span, so with `baton::request=debug` the access line names
             // its request too.
-            let handler = Pin::get_ref(this.response.as_ref()).get_ref();
-            let _entered = handler.span().enter();
+            let _entered = this.response.as_ref().get_ref().span().enter();
             #[cfg(feature = "otel")]
             crate::otel::record_status(&done.span, response.status());
             let took = done.in_flight.finish(response.status());

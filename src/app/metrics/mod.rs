@@ -126,6 +126,11 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
+    /// When the request began.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Counts the response; returns how long it took.
     pub(crate) fn finish(self, status: StatusCode) -> Duration {
         let took = self.started.elapsed();
