@@ -445,10 +445,64 @@ fn a_second_sigterm_exits_at_once() {
 }
 
 #[test]
+fn the_lame_duck_spreads_its_closes_over_the_close_window() {
+    // A 2 s window (half of the 4 s lame duck): each connection is told to close on its first
+    // response after its own moment in it, not all on the first response after the signal.
+    const CONNECTIONS: usize = 20;
+    let window = Duration::from_secs(2);
+    let server = Server::start(&Config {
+        lame_duck: "4s".into(),
+        close_spread: "2s".into(),
+        shutdown_timeout: "20s".into(),
+        ..Config::default()
+    });
+    let mut conns: Vec<RawConn> = (0..CONNECTIONS)
+        .map(|_| RawConn::open(server.http).expect("connect"))
+        .collect();
+    for conn in &mut conns {
+        let response = conn.get("/healthz").expect("GET /healthz");
+        assert!(!response.closes(), "{response:?}");
+    }
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+    // Every open connection asks in turn until each has been told; when each was told.
+    let mut told: Vec<Option<Duration>> = vec![None; CONNECTIONS];
+    while told.iter().any(Option::is_none) {
+        assert!(
+            signalled.elapsed() < window * 3,
+            "not every connection was told to close within the lame duck: {told:?}"
+        );
+        for (conn, told) in conns.iter_mut().zip(told.iter_mut()) {
+            if told.is_some() {
+                continue;
+            }
+            let response = conn
+                .get("/healthz")
+                .expect("a connection not yet told to close is served");
+            if response.closes() {
+                *told = Some(signalled.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut told: Vec<Duration> = told.into_iter().flatten().collect();
+    told.sort();
+    // Told all at once, the last would follow the first within one round of requests.
+    // Spread, the first comes early in the window and the last late in it.
+    let (first, last) = (told[0], told[CONNECTIONS - 1]);
+    assert!(
+        first < window * 2 / 5 && last > window * 3 / 5,
+        "closes not spread over the window: {told:?}"
+    );
+}
+
+#[test]
 fn readyz_turns_503_with_connection_close_when_the_drain_begins() {
-    // A long lame duck: the connections opened before stay served for the whole check.
+    // A long lame duck: the connections opened before stay served for the whole check. No
+    // close window: every connection is told at once.
     let server = Server::start(&Config {
         lame_duck: "10s".into(),
+        close_spread: "0s".into(),
         shutdown_timeout: "20s".into(),
         ..Config::default()
     });

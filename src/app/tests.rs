@@ -80,7 +80,7 @@ async fn readyz_follows_the_phase() {
     assert_eq!(readyz(&app).await, (StatusCode::OK, "ready\n".to_owned()));
     process.set_phase(Phase::Upgrading);
     assert_eq!(readyz(&app).await, (StatusCode::OK, "ready\n".to_owned()));
-    process.begin_drain();
+    process.begin_drain(std::time::Duration::ZERO);
     assert_eq!(
         readyz(&app).await,
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
@@ -115,7 +115,7 @@ async fn event_stream_ends_itself_when_the_drain_begins() {
     assert_eq!(process.open_long_lived(), 1, "the stream holds a lease");
 
     // After the drain begins the stream says so and ends, instead of ticking forever.
-    process.begin_drain();
+    process.begin_drain(std::time::Duration::ZERO);
     let rest = tokio::time::timeout(DEADLINE, body.collect())
         .await
         .expect("the stream ends once the drain begins")
@@ -208,7 +208,7 @@ async fn websocket_echoes_then_goes_away_with_1001_when_the_drain_begins() {
     );
     assert_eq!(process.open_long_lived(), 1, "the socket holds a lease");
 
-    process.begin_drain();
+    process.begin_drain(std::time::Duration::ZERO);
     let close = tokio::time::timeout(DEADLINE, ws.next())
         .await
         .expect("the close in time");

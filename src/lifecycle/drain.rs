@@ -2,7 +2,8 @@
 //!
 //! 1. **Lame duck** (`lifecycle.lame_duck`): stop accepting, keep serving open connections,
 //!    `Connection: close` on every HTTP/1 response (each client closes after its next response
-//!    and reconnects, to the next generation if there is one), GOAWAY on HTTP/2, `/readyz` 503,
+//!    and reconnects, to the next generation if there is one), GOAWAY on HTTP/2, each from
+//!    the connection's moment in `lifecycle.close_spread` (see `spread`), `/readyz` 503,
 //!    long-lived responses told to end (`LongLived::draining`: WebSockets get Close 1001, SSE
 //!    a `draining` event). Ends early once no connection and no long-lived response is left.
 //! 2. **Graceful**: idle connections are closed, in-flight requests finish.

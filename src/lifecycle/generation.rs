@@ -436,7 +436,11 @@ fn export(ctx: &Context, moment: Moment) -> Vec<(String, String)> {
 /// long responses told to end.
 async fn begin_drain(ctx: &Context, server: &mut Server) -> drain::Draining {
     let work = server.stop_accepting().await;
-    ctx.process.begin_drain();
+    let lifecycle = &ctx.settings.current().lifecycle;
+    // Half the lame duck at most: a connection told at the end of the window still has time
+    // for the response that carries its close before the graceful step closes idle ones.
+    ctx.process
+        .begin_drain(lifecycle.close_spread.min(lifecycle.lame_duck / 2));
     work
 }
 

@@ -39,8 +39,8 @@
 //! - A new generation that dies within its probation is rolled back: the previous one serves
 //!   again, from the same socket, within milliseconds.
 //! - No request is lost at a handover: the old process stops accepting only once the new one
-//!   accepts from the same queue, and its keep-alive clients are told to reconnect (lame duck)
-//!   before any idle connection is closed.
+//!   accepts from the same queue, and its keep-alive clients are told to reconnect (lame duck,
+//!   spread over `lifecycle.close_spread`) before any idle connection is closed.
 //! - Long-lived responses (WebSockets, SSE) hold a `LongLived` lease: the drain tells them to
 //!   end at its start and waits for them as for connections, up to the hammer, which counts
 //!   what it cuts.
@@ -69,6 +69,7 @@ mod record;
 mod runfiles;
 mod serve;
 mod signals;
+mod spread;
 mod state;
 mod supervisor;
 mod systemd;

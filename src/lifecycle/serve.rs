@@ -34,6 +34,7 @@ use super::drain::Draining;
 use super::fds::{self, ADMIN_CONNECTIONS};
 use super::limits::{self, Cap, CloseReason, ConnLimits, Gate, Permit};
 use super::listeners::Bound;
+use super::spread::Slot;
 use super::state::ProcessState;
 use super::watch::{Activity, Tracked, Verdict, Watchdog, Watched};
 use crate::settings::SettingsStore;
@@ -187,6 +188,8 @@ async fn accept_loop(
     ctx: Context,
     stop: CancellationToken,
 ) {
+    // Numbers the connections for their place in the drain's close window.
+    let mut accepted_count: u64 = 0;
     loop {
         let accepted = tokio::select! {
             // Stop first: once the drain begins, not one more connection is taken.
@@ -205,12 +208,17 @@ async fn accept_loop(
                 };
                 // Small responses go out at once rather than waiting on Nagle.
                 let _ = stream.set_nodelay(true);
+                let slot = Slot::nth(accepted_count);
+                accepted_count = accepted_count.wrapping_add(1);
                 ctx.connections.spawn(serve_connection(
                     stream,
                     endpoint.clone(),
                     ctx.clone(),
-                    limits,
-                    permit,
+                    Admitted {
+                        limits,
+                        slot,
+                        _permit: permit,
+                    },
                 ));
             }
             Err(err) if is_per_connection(&err) => {}
@@ -231,13 +239,20 @@ fn is_per_connection(err: &std::io::Error) -> bool {
     )
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    endpoint: Endpoint,
-    ctx: Context,
+/// What a connection got when it was let in.
+struct Admitted {
     limits: ConnLimits,
+    /// Its moment in the drain's close window.
+    slot: Slot,
     _permit: Permit,
-) {
+}
+
+async fn serve_connection(stream: TcpStream, endpoint: Endpoint, ctx: Context, admitted: Admitted) {
+    let Admitted {
+        limits,
+        slot,
+        _permit,
+    } = admitted;
     let _open = ctx.process.connection_opened();
     let accepted = Instant::now();
     let activity = Arc::new(Activity::default());
@@ -267,6 +282,7 @@ async fn serve_connection(
             activity,
             watchdog,
             limits,
+            slot,
         };
         return serve_http(io, conn, router, ctx).await;
     };
@@ -286,6 +302,7 @@ async fn serve_connection(
         activity,
         watchdog,
         limits,
+        slot,
     };
     serve_http(tls.stream, conn, router, ctx).await;
 }
@@ -296,6 +313,7 @@ struct Established {
     activity: Arc<Activity>,
     watchdog: Watchdog,
     limits: ConnLimits,
+    slot: Slot,
 }
 
 /// Serves HTTP on an established stream until the client, the watchdog or the drain ends it.
@@ -305,6 +323,7 @@ async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context
         activity,
         watchdog,
         limits,
+        slot,
     } = conn;
     let _wire = ctx.process.connection_speaks(http2);
     let process = ctx.process.clone();
@@ -325,11 +344,12 @@ async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context
             };
             in_flight.handled();
             // Checked after the handler ran, so a request that began before the drain also
-            // tells its client to reconnect (to the next generation) after this response. Not
+            // tells its client to reconnect (to the next generation) after this response, once
+            // the connection's moment in the close window has come (see `spread`). Not
             // on a protocol switch: that would replace its `Connection: upgrade` and break the
             // handshake; the long-lived response it starts is told of the drain itself.
             if http1
-                && (last || process.is_draining())
+                && (last || (process.is_draining() && process.close_due(slot)))
                 && response.status() != StatusCode::SWITCHING_PROTOCOLS
             {
                 response
@@ -354,10 +374,11 @@ async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context
             .keep_alive_timeout(H2_PING_TIMEOUT);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         // GOAWAY is graceful by design (the client learns which streams were taken), so
-        // HTTP/2 gets it as soon as the drain begins rather than at the graceful step.
+        // HTTP/2 gets it at its moment in the drain's close window rather than at the
+        // graceful step.
         drive(
             conn,
-            ctx.process.drain_started(),
+            ctx.process.close_moment(slot),
             |c| c.graceful_shutdown(),
             watch,
         )

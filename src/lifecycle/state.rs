@@ -14,6 +14,7 @@ use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use super::limits::LimitCounters;
 use super::lineage::{HandoverTimes, Predecessor};
+use super::spread::{CloseSpread, Slot};
 
 /// Where the process is in its life. Moves forward only, except `Upgrading` which returns to
 /// `Serving` when an upgrade fails, and `Draining` which returns to `Serving` when the next
@@ -134,6 +135,8 @@ struct Inner {
     /// Cancelled when the drain begins: long-lived responses (see [`LongLived`]) watch it and end
     /// themselves. Replaced by a fresh one at a rollback, when the process serves again.
     drain: Mutex<CancellationToken>,
+    /// When each connection of the current drain is told to close.
+    spread: CloseSpread,
     /// Cancelled once this process will exit whatever happens (shut down, or its successor is
     /// past its probation): what must run as long as the process may serve again watches it.
     retired: CancellationToken,
@@ -171,6 +174,7 @@ impl ProcessState {
                 started_at: SystemTime::now(),
                 phase: AtomicU8::new(Phase::Starting as u8),
                 drain: Mutex::new(CancellationToken::new()),
+                spread: CloseSpread::new(),
                 retired: CancellationToken::new(),
                 open_connections: AtomicUsize::new(0),
                 by_wire: Default::default(),
@@ -217,6 +221,18 @@ impl ProcessState {
         // The phase, not `drain.is_cancelled()`: that takes a mutex shared by every
         // connection, and this runs on every HTTP/1 response.
         self.phase() == Phase::Draining
+    }
+
+    /// While draining: whether the connection in `slot` has reached its moment to be told to
+    /// close (see `spread`).
+    pub(crate) fn close_due(&self, slot: Slot) -> bool {
+        self.inner.spread.is_due(slot)
+    }
+
+    /// Resolves once the drain has begun and reached `slot`'s moment.
+    pub(crate) async fn close_moment(&self, slot: Slot) {
+        self.drain_started().await;
+        tokio::time::sleep(self.inner.spread.until_due(slot)).await;
     }
 
     /// Resolves when the drain begins. A long-lived response takes a [`LongLived`] instead, which
@@ -343,7 +359,9 @@ impl ProcessState {
             .is_ok()
     }
 
-    pub(crate) fn begin_drain(&self) {
+    /// The drain begins: its closes are spread over `close_spread` (see `spread`).
+    pub(crate) fn begin_drain(&self, close_spread: Duration) {
+        self.inner.spread.begin(close_spread);
         self.set_phase(Phase::Draining);
         lock(&self.inner.drain).cancel();
         self.inner.long_lived.close();

@@ -98,6 +98,8 @@ schema! {
         #[serde(with = "humantime_serde")]
         lame_duck: Duration => Reloadable, up_to!(lifecycle.shutdown_timeout);
         #[serde(with = "humantime_serde")]
+        close_spread: Duration => Reloadable, Range(Duration::ZERO, HOUR);
+        #[serde(with = "humantime_serde")]
         shutdown_timeout: Duration => Reloadable, Range(MILLI, HOUR);
         supervise: bool => UpgradeOnly;
     }

@@ -11,6 +11,8 @@ pub struct Config {
     pub greeting: String,
     pub items_limit: u32,
     pub lame_duck: String,
+    /// `lifecycle.close_spread`: the product default; at most half the lame duck is used.
+    pub close_spread: String,
     pub shutdown_timeout: String,
     pub ready_timeout: String,
     /// `upgrade.probation`.
@@ -46,6 +48,7 @@ impl Default for Config {
             greeting: "Hello from the test".into(),
             items_limit: 1000,
             lame_duck: "300ms".into(),
+            close_spread: "1s".into(),
             shutdown_timeout: "10s".into(),
             ready_timeout: "10s".into(),
             probation: "2s".into(),
@@ -97,6 +100,7 @@ format = "text"
 pid_file = "run/baton.pid"
 supervise = false
 lame_duck = "{lame_duck}"
+close_spread = "{close_spread}"
 shutdown_timeout = "{shutdown_timeout}"
 
 [upgrade]
@@ -116,6 +120,7 @@ acquire_timeout = "{acquire_timeout}"
             items_limit = self.items_limit,
             filter = self.log_filter,
             lame_duck = self.lame_duck,
+            close_spread = self.close_spread,
             shutdown_timeout = self.shutdown_timeout,
             ready_timeout = self.ready_timeout,
             probation = self.probation,
