@@ -18,15 +18,8 @@
 set -euo pipefail
 
 readonly prog="${0##*/}"
-
-die() {
-    echo "$prog: $*" >&2
-    exit 1
-}
-
-say() {
-    echo "$prog: $*" >&2
-}
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 case "${1:-}" in
     -h | --help)
@@ -55,8 +48,6 @@ ensure haproxy haproxy
 ensure wrk wrk
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# shellcheck source=tests/e2e/lib.sh
-source "$repo/tests/e2e/lib.sh"
 restart="$repo/scripts/restart.sh"
 
 # --- Clean-up ---

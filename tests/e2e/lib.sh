@@ -1,9 +1,20 @@
-# Shared by the end-to-end checks: source it after setting `repo` (the repository's root) and
-# defining `say` and `die`. Do not run it.
+# Shared by the end-to-end checks: source it after setting `prog` (the check's name); set
+# `repo` (the repository's root) before calling its functions. Do not run it.
 # shellcheck shell=bash
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+
+# die MESSAGE: says what went wrong, as the check, and fails it.
+die() {
+    echo "${prog:?}: $*" >&2
+    exit 1
+}
+
+# say MESSAGE: progress, on stderr so that the figures on stdout stay clean.
+say() {
+    echo "${prog:?}: $*" >&2
+}
 
 # build_release_baton: builds the release binary and sets `release_bin` to it.
 build_release_baton() {

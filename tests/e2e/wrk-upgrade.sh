@@ -22,18 +22,11 @@
 set -euo pipefail
 
 readonly prog="${0##*/}"
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     echo "usage: $prog [-h]   (settings via WRK_DURATION, WRK_CONNECTIONS, WRK_THREADS, UPGRADES)"
-}
-
-die() {
-    echo "$prog: $*" >&2
-    exit 1
-}
-
-say() {
-    echo "$prog: $*" >&2
 }
 
 case $# in
@@ -70,8 +63,6 @@ for cmd in cargo wrk curl; do
 done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# shellcheck source=tests/e2e/lib.sh
-source "$repo/tests/e2e/lib.sh"
 restart="$repo/scripts/restart.sh"
 
 # --- Clean-up: stop what we started, whatever happens ---
