@@ -297,10 +297,12 @@ pub fn upgrade(
         "the next generation to be ready",
         &outcome.path,
         || {
-            if let Some(new) = outcome.next_generation() {
+            // Read once per poll: in supervised mode success shows in the verdict too.
+            let verdict = outcome.verdict();
+            if let Some(new) = outcome.next_generation(verdict.as_ref()) {
                 return Some(Ok(new));
             }
-            if let Some(Err(err)) = outcome.verdict() {
+            if let Some(Err(err)) = verdict {
                 return Some(Err(err));
             }
             // Gone, and no other process took over: give a handover in progress its moment.
@@ -375,13 +377,17 @@ impl<'a> Outcome<'a> {
 
     /// The next generation's record, once it serves. Direct mode: the pid file names it (it
     /// claims the run files before it says it is ready). Supervised mode: the supervisor
-    /// recorded it, and its state file names it.
-    fn next_generation(&self) -> Option<ServerRecord> {
+    /// recorded it (`verdict`, as [`verdict`](Self::verdict) just read it), and its state file
+    /// names it.
+    fn next_generation(
+        &self,
+        verdict: Option<&Result<Option<u32>, ControlError>>,
+    ) -> Option<ServerRecord> {
         if self.supervised {
-            let Ok(new_pid) = self.verdict()? else {
+            let Some(Ok(new_pid)) = verdict else {
                 return None;
             };
-            ServerRecord::read(&state_path(self.pid_file)).filter(|r| Some(r.pid) == new_pid)
+            ServerRecord::read(&state_path(self.pid_file)).filter(|r| Some(r.pid) == *new_pid)
         } else {
             let named = pidfile::read(self.pid_file).ok()??;
             if named == self.pid {
