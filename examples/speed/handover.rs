@@ -39,6 +39,8 @@ pub(crate) fn gone(pid: u32) -> bool {
 /// One handover's figures.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Handover {
+    /// When SIGUSR2 was sent.
+    pub(crate) signalled: Instant,
     /// SIGUSR2 until a new connection is answered by the new pid.
     pub(crate) served_ms: f64,
     /// The new generation's own: request to spawn, request to "ready".
@@ -89,6 +91,7 @@ pub(crate) fn upgrade_once(
         .map_err(|err| SpeedError::Failed(format!("/-/status: {err}")))?;
     let ms = |key: &str| json["previous"][key].as_f64().unwrap_or(f64::NAN);
     Ok(Handover {
+        signalled: start,
         served_ms,
         spawned_ms: ms("spawned_ms"),
         ready_ms: ms("ready_ms"),

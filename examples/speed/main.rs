@@ -1,8 +1,10 @@
-//! baton next to bare axum and nginx under `wrk`, and how fast a handover is (issue 16).
+//! baton next to bare axum and nginx under `wrk`, and how fast a handover is (issue 16); with
+//! `--crowd`, the same at thousands of keep-alive connections (issue 17).
 //!
 //! ```text
 //! cargo build --release --bin baton --example bare_axum --example speed
 //! target/release/examples/speed [--rounds 3] [--seconds 5] [--connections 50] [--upgrades 10]
+//! target/release/examples/speed --crowd 2000,5000 [--rounds 3] [--seconds 5] [--crowd-upgrades 3]
 //! ```
 //!
 //! `wrk` and `nginx` must be on `PATH` (Debian: `apt-get install wrk nginx-light`). It starts the
@@ -22,12 +24,24 @@
 //! Every figure is printed, never asserted: exit 1 only if a request failed (a wrk socket
 //! error or non-2xx, a probe that failed) or a server did not start.
 //!
+//! `--crowd N,...` runs the many-connections mode instead (see `crowd`): loadgen keep-alive
+//! load of N connections on bare axum and baton (and `--compare`), steady and across upgrades,
+//! with issue 17's targets marked met or missed. It exits 1 only on a broken run (a server
+//! that does not start, an upgrade that does not complete): a missed target, failed requests
+//! included, is a figure.
+//!
 //! # Layout
 //! - `servers`: start nginx, bare axum and baton on free loopback ports; stop them on drop.
 //! - `wrk`: one wrk run and its figures.
 //! - `handover`: one upgrade and its timings; which pid answers.
+//! - `crowd`: the many-connections mode: its runs and what each measured.
+//! - `figures`: the many-connections mode's tables and targets.
+//! - `host`: the open-files limit, listen-queue counters, CPU time.
 
+mod crowd;
+mod figures;
 mod handover;
+mod host;
 #[path = "../common/serve.rs"]
 mod serve;
 mod servers;
@@ -62,12 +76,23 @@ struct Options {
     /// comparison that the machine's drift cannot bias).
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// Many keep-alive connections instead (issue 17): for each count, bare axum and baton
+    /// under loadgen, steady and across upgrades (e.g. `--crowd 2000,5000`).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    crowd: Vec<usize>,
+    /// Upgrades per round under load, with `--crowd`.
+    #[arg(long, default_value_t = 3)]
+    crowd_upgrades: usize,
+    /// baton's `lifecycle.lame_duck`: 300ms unless given for the wrk comparison, baton's
+    /// default (2s) unless given with `--crowd`.
+    #[arg(long, value_name = "DURATION")]
+    lame_duck: Option<String>,
 }
 
 /// Bound on starting a server and on one handover.
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// The lame duck of the baton this mode starts.
+/// The lame duck of the baton the wrk comparison starts, unless `--lame-duck` is given.
 const LAME_DUCK: &str = "300ms";
 
 #[derive(Debug, thiserror::Error)]
@@ -139,15 +164,16 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
     for d in [&nginx_dir, &baton_dir] {
         std::fs::create_dir_all(d).map_err(io("create a temp dir"))?;
     }
-    let nginx = start_nginx(&nginx_dir)?;
+    let nginx = start_nginx(&nginx_dir, 4096)?;
     let bare = start_bare(&bare_program, dir.path())?;
-    let baton = start_baton("baton".into(), &baton_program, &baton_dir, LAME_DUCK, "")?;
+    let lame_duck = options.lame_duck.as_deref().unwrap_or(LAME_DUCK);
+    let baton = start_baton("baton".into(), &baton_program, &baton_dir, lame_duck, "")?;
     let other = match &options.compare {
         Some(program) => {
             let other_dir = dir.path().join("other");
             std::fs::create_dir_all(&other_dir).map_err(io("create a temp dir"))?;
             let name = format!("baton ({})", program.display());
-            Some(start_baton(name, program, &other_dir, LAME_DUCK, "")?)
+            Some(start_baton(name, program, &other_dir, lame_duck, "")?)
         }
         None => None,
     };
@@ -247,6 +273,17 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
 
 fn main() -> ExitCode {
     let options = Options::parse();
+    if !options.crowd.is_empty() {
+        // Every figure of this mode is a result, a failed request included: only a broken run
+        // (a server that does not start, an upgrade that never completes) is an error.
+        return match crowd::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("speed: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&options) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

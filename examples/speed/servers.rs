@@ -19,6 +19,12 @@ pub(crate) struct Server {
     child: Child,
 }
 
+impl Server {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM first: nginx's master then stops its workers, which a SIGKILL would orphan.
@@ -71,12 +77,13 @@ fn wait_serving(name: &str, addr: SocketAddr) -> Result<(), SpeedError> {
     )))
 }
 
-pub(crate) fn start_nginx(dir: &Path) -> Result<Server, SpeedError> {
+/// nginx `return 200 "Hello"`, `worker_processes auto`, with `worker_connections` per worker.
+pub(crate) fn start_nginx(dir: &Path, worker_connections: usize) -> Result<Server, SpeedError> {
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
     let text = format!(
         "worker_processes auto;\npid {pid};\nerror_log {err} warn;\n\
-         events {{ worker_connections 4096; }}\n\
+         events {{ worker_connections {worker_connections}; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
          client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
          uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
