@@ -1,12 +1,19 @@
-//! Many keep-alive connections (issue 17, `--crowd 2000,5000`): for each connection count, bare
-//! axum and baton (and the `--compare` build) under `loadgen` keep-alive load in interleaved
-//! rounds; steady latency and throughput, then, for baton, upgrades under that load: the
-//! handover, the latency of the requests started in the second after SIGUSR2, how fast the
-//! clients reconnect to the new generation, and every failed request by kind.
+//! Many keep-alive connections (issue 17, `--crowd 2000,5000`): for each connection count,
+//! nginx (the clients' ceiling), bare axum and baton (and the `--compare` build) in
+//! interleaved rounds whose order rotates. Each server in each round gets:
+//! 1. `wrk -t2 -cN`: the steady figures (req/s, p50, p99, max, errors).
+//! 2. `loadgen` keep-alive load of N connections: once all are open and have served, a steady
+//!    window (the reference for the upgrades), then, for baton, upgrades under that load: the
+//!    handover, the latency of the requests started in the second after SIGUSR2, how fast the
+//!    clients reconnect to the new generation, listen-queue overflows, every failure by kind.
 //!
-//! `loadgen` rather than wrk: it times every request, so the second after a signal can be cut
-//! out of a run, it counts each connection it opens, and it names every failure. Its ceiling at
-//! each count is measured against nginx, and a figure near it is marked client-bound.
+//! Two clients because neither does both jobs: loadgen times every request (so the second after
+//! a signal can be cut out of a run), counts each connection it opens and names every failure,
+//! but costs about twice wrk's CPU per request, and at 2,000 connections on a 2-core machine it
+//! is the bottleneck (all three servers at its ceiling); wrk draws up to twice the req/s but
+//! only summarises a whole run. Each ratio is taken within one client: baton's steady p99
+//! against bare axum's under wrk, the p99 after SIGUSR2 against the steady p99 of the same
+//! loadgen run.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,8 +25,9 @@ use tokio::runtime::Runtime;
 
 use crate::handover::upgrade_once;
 use crate::handover::who_answers;
-use crate::host::{ListenCounters, machine_busy, own_cpu, process_cpu, raise_fd_limit};
+use crate::host::{ListenCounters, machine_busy, own_cpu, process_tree_cpu, raise_fd_limit};
 use crate::servers::{Baton, Server, start_bare, start_baton, start_nginx};
+use crate::wrk::{Kind, Run, wrk};
 use crate::{LIMIT, Options, SpeedError, figures, io, programs, require};
 
 /// baton's own default `lifecycle.lame_duck`, used unless `--lame-duck` says otherwise.
@@ -34,9 +42,12 @@ pub(crate) const UPGRADE_SPACING: Duration = Duration::from_secs(2);
 /// The window after SIGUSR2 whose requests the "after an upgrade" latency is taken from.
 const AFTER: Duration = Duration::from_secs(1);
 
-/// What one load run measured.
+/// What one round measured of one server.
 #[derive(Debug, Clone)]
 pub(crate) struct RunFigures {
+    /// wrk's steady run.
+    pub(crate) wrk: Run,
+    /// The rest are loadgen's.
     pub(crate) rps: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
@@ -63,6 +74,7 @@ pub(crate) struct UpgradeFigures {
     /// SIGUSR2 until the new generation was ready (its own `/-/status` figure).
     pub(crate) ready_ms: f64,
     /// Of the requests started in the second after SIGUSR2.
+    pub(crate) rps_after: f64,
     pub(crate) p99_after_ms: f64,
     pub(crate) max_after_ms: f64,
     /// The same p99, of those requests that opened a new connection, and of the others.
@@ -84,6 +96,8 @@ pub(crate) struct Contender {
 }
 
 enum Served {
+    /// The client's ceiling: measured steady only, not a contender.
+    Nginx(Server),
     Bare(Server),
     Baton(Baton),
 }
@@ -91,9 +105,17 @@ enum Served {
 impl Contender {
     fn addr(&self) -> SocketAddr {
         match &self.server {
-            Served::Bare(server) => server.addr,
+            Served::Nginx(server) | Served::Bare(server) => server.addr,
             Served::Baton(baton) => baton.server.addr,
         }
+    }
+
+    pub(crate) fn is_nginx(&self) -> bool {
+        matches!(self.server, Served::Nginx(_))
+    }
+
+    pub(crate) fn is_bare(&self) -> bool {
+        matches!(self.server, Served::Bare(_))
     }
 
     pub(crate) fn is_baton(&self) -> bool {
@@ -102,7 +124,7 @@ impl Contender {
 }
 
 pub(crate) fn run(options: &Options) -> Result<(), SpeedError> {
-    require(&["nginx"])?;
+    require(&["wrk", "nginx"])?;
     let (bare_program, baton_program) = programs()?;
     let counts = &options.crowd;
     let most = counts.iter().copied().max().unwrap_or(0);
@@ -130,7 +152,14 @@ pub(crate) fn run(options: &Options) -> Result<(), SpeedError> {
         std::fs::create_dir_all(&path).map_err(io("create a temp dir"))?;
         Ok(path)
     };
+    // nginx's master only accepts nothing; its workers take the connections, each up to its
+    // `worker_connections`.
+    let nginx = start_nginx(&sub("nginx")?, most + 1024)?;
     let mut contenders = vec![
+        Contender {
+            name: "nginx (client ceiling)".into(),
+            server: Served::Nginx(nginx),
+        },
         Contender {
             name: "bare axum".into(),
             server: Served::Bare(start_bare(&bare_program, dir.path())?),
@@ -163,29 +192,27 @@ pub(crate) fn run(options: &Options) -> Result<(), SpeedError> {
     figures::print_header(options, &fds, lame_duck, &extra, workers);
     let started = Instant::now();
     for &count in counts {
-        // The client's ceiling at this count: loadgen against nginx, the cheapest server here.
-        let ceiling = {
-            let nginx = start_nginx(&sub(&format!("nginx-{count}"))?, count + 1024)?;
-            measure(&runtime, (nginx.addr, None), None, options, count)?.rps
-        };
         let mut runs: Vec<Vec<RunFigures>> = vec![Vec::new(); contenders.len()];
         for round in 0..options.rounds {
             for i in 0..contenders.len() {
                 let index = (i + round) % contenders.len();
                 let contender = &contenders[index];
-                let baton = match &contender.server {
-                    Served::Baton(baton) => Some(baton),
-                    Served::Bare(_) => None,
+                let (baton, pid) = match &contender.server {
+                    Served::Baton(baton) => (Some(baton), None),
+                    Served::Nginx(server) | Served::Bare(server) => (None, Some(server.pid())),
                 };
-                let pid = match &contender.server {
-                    Served::Bare(server) => Some(server.pid()),
-                    Served::Baton(_) => None,
-                };
-                let figures = measure(&runtime, (contender.addr(), pid), baton, options, count)?;
+                let steady = wrk(contender.addr(), Kind::KeepAlive, count, options.seconds)?;
+                let figures = measure(
+                    &runtime,
+                    (contender.addr(), pid),
+                    (baton, steady),
+                    options,
+                    count,
+                )?;
                 runs[index].push(figures);
             }
         }
-        figures::print_count(count, ceiling, &contenders, &runs);
+        figures::print_count(count, &contenders, &runs);
     }
     println!(
         "\nThe run took {:.0} s.",
@@ -219,11 +246,12 @@ fn ms(duration: Option<Duration>) -> f64 {
 
 /// One load run of `count` keep-alive connections on `addr`: open them all, let each serve a
 /// few requests, measure `--seconds` steady, then (for baton) `--crowd-upgrades` upgrades.
-/// `server` is the pid whose CPU time is taken (bare axum's; baton's is found here).
+/// `server` is the pid whose CPU time (with its children's) is taken; baton's is found here.
+/// `wrk` is kept in the figures as it is.
 fn measure(
     runtime: &Runtime,
     (addr, server): (SocketAddr, Option<u32>),
-    baton: Option<&Baton>,
+    (baton, wrk): (Option<&Baton>, Run),
     options: &Options,
     count: usize,
 ) -> Result<RunFigures, SpeedError> {
@@ -259,7 +287,7 @@ fn measure(
     })?;
     let warm = load.snapshot();
     let steady = warm.elapsed..warm.elapsed + seconds;
-    let cpu = (own_cpu(), server.and_then(process_cpu), machine_busy());
+    let cpu = (own_cpu(), server.and_then(process_tree_cpu), machine_busy());
     wait_until(origin + steady.end);
     let cores = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
         (Some(before), Some(after)) => {
@@ -268,7 +296,7 @@ fn measure(
         _ => f64::NAN,
     };
     let client_cores = cores(Some(cpu.0), Some(own_cpu()));
-    let server_cores = cores(cpu.1, server.and_then(process_cpu));
+    let server_cores = cores(cpu.1, server.and_then(process_tree_cpu));
     let other_cores = cores(cpu.2, machine_busy()) - client_cores - server_cores;
 
     let mut handovers = Vec::new();
@@ -301,6 +329,7 @@ fn measure(
         })
         .collect();
     Ok(RunFigures {
+        wrk,
         rps: report.throughput(window.clone()),
         p50_ms: ms(report.quantile(0.5, window.clone())),
         p99_ms: ms(report.quantile(0.99, window.clone())),
@@ -348,6 +377,7 @@ fn upgrade_figures(
     UpgradeFigures {
         served_ms,
         ready_ms,
+        rps_after: report.throughput(after.clone()),
         p99_after_ms: ms(report.quantile(0.99, after.clone())),
         max_after_ms: ms(report.quantile(1.0, after.clone())),
         p99_after_reconnected_ms: p99_where(true),

@@ -112,13 +112,24 @@ pub(crate) fn own_cpu() -> Duration {
 }
 
 /// User plus system CPU time of process `pid` (children not included).
-pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
+fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime); fields[0] is field 3.
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
     Some(ticks(field(14)? + field(15)?))
+}
+
+/// User plus system CPU time of process `pid` and of its live children (nginx's workers).
+pub(crate) fn process_tree_cpu(pid: u32) -> Option<Duration> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children = children
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .filter_map(process_cpu);
+    Some(process_cpu(pid)? + children.sum::<Duration>())
 }
 
 /// CPU time the whole machine was busy (all but idle and iowait, steal included), over all
