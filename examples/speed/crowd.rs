@@ -52,12 +52,12 @@ pub(crate) struct RunFigures {
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
-    /// CPU used in the steady window, in cores: this process (the client), the server, and
-    /// everything else on the machine (other processes, the kernel's softirqs, a hypervisor's
-    /// steal).
+    /// CPU used in loadgen's steady window, in cores: this process (the client), the server,
+    /// and the whole machine (the kernel's loopback TCP work is partly in the processes' time,
+    /// partly in softirqs charged to none; other processes; a hypervisor's steal).
     pub(crate) client_cores: f64,
     pub(crate) server_cores: f64,
-    pub(crate) other_cores: f64,
+    pub(crate) machine_cores: f64,
     /// Failed requests from the end of the warm-up to the end of the run, by kind.
     pub(crate) failures: BTreeMap<FailureKind, u64>,
     /// Failed requests while the connections were being opened (not a result: the first
@@ -297,7 +297,7 @@ fn measure(
     };
     let client_cores = cores(Some(cpu.0), Some(own_cpu()));
     let server_cores = cores(cpu.1, server.and_then(process_tree_cpu));
-    let other_cores = cores(cpu.2, machine_busy()) - client_cores - server_cores;
+    let machine_cores = cores(cpu.2, machine_busy());
 
     let mut handovers = Vec::new();
     if let Some(baton) = baton {
@@ -336,7 +336,7 @@ fn measure(
         max_ms: ms(report.quantile(1.0, window)),
         client_cores,
         server_cores,
-        other_cores,
+        machine_cores,
         failures,
         warmup_failed: warm.failed(),
         upgrades,

@@ -183,14 +183,11 @@ pub(crate) fn print_count(count: usize, contenders: &[Contender], runs: &[Vec<Ru
         latencies(r, [|x| x.p50_ms, |x| x.p99_ms, |x| x.max_ms])
     });
     row(
-        "CPU, cores: client / server / rest of the machine",
+        "CPU, cores: client / server / whole machine busy",
         &|_, r| {
-            format!(
-                "{:.2} / {:.2} / {:.2}",
-                median_of(r, |x| x.client_cores),
-                median_of(r, |x| x.server_cores),
-                median_of(r, |x| x.other_cores)
-            )
+            let each: [fn(&RunFigures) -> f64; 3] =
+                [|x| x.client_cores, |x| x.server_cores, |x| x.machine_cores];
+            each.map(|f| format!("{:.2}", median_of(r, f))).join(" / ")
         },
     );
 

@@ -132,11 +132,14 @@ pub(crate) fn process_tree_cpu(pid: u32) -> Option<Duration> {
     Some(process_cpu(pid)? + children.sum::<Duration>())
 }
 
-/// CPU time the whole machine was busy (all but idle and iowait, steal included), over all
-/// cores (`/proc/stat`).
+/// CPU time the whole machine was busy so far, over all cores (`/proc/stat`): all but idle and
+/// iowait (user, nice, system, irq, softirq, steal).
 pub(crate) fn machine_busy() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    parse_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<Duration> {
+    let line = text.lines().find(|line| line.starts_with("cpu "))?;
     // user nice system idle iowait irq softirq steal
     let busy = line
         .split_whitespace()
@@ -172,5 +175,12 @@ mod tests {
         };
         assert_eq!(later.since(counters).overflows, 8);
         assert!(parse_netstat("IpExt: a\nIpExt: 1\n").is_none());
+    }
+
+    #[test]
+    fn machine_cpu_is_read_in_ticks() {
+        let text = "cpu  100 1 50 1000 7 3 20 9 0 0\ncpu0 50 0 25 500 3 1 10 4 0 0\n";
+        // Busy: 100 + 1 + 50 + 3 + 20 + 9 ticks of 10 ms.
+        assert_eq!(parse_stat(text), Some(Duration::from_millis(1830)));
     }
 }
