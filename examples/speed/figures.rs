@@ -23,13 +23,15 @@ pub(crate) fn print_header(
     let counts: Vec<String> = options.crowd.iter().map(usize::to_string).collect();
     println!("Many keep-alive connections: {}", counts.join(", "));
     println!(
-        "- client: loadgen, HTTP/1.1 keep-alive GET /, never retries, every failure counted by \
-         kind; tokio runtime with {workers} worker threads, in this process"
+        "- clients: wrk -t2 -cN for the steady figures; loadgen (HTTP/1.1 keep-alive GET /, \
+         never retries, every failure counted by kind; tokio runtime with {workers} worker \
+         threads, in this process) for a steady window and the upgrades"
     );
     println!(
-        "- per run: open all connections and let each serve 2 requests (warm-up), {} s steady, \
-         then for baton {} upgrades (SIGUSR2) at least {} s apart, under the same load; {} \
-         interleaved rounds whose order rotates",
+        "- per server and round: wrk for {0} s; then loadgen: open all connections and let each \
+         serve 2 requests (warm-up), {0} s steady, then for baton {1} upgrades (SIGUSR2) at \
+         least {2} s apart, under the same load; {3} interleaved rounds whose order rotates, \
+         nginx in them as the clients' ceiling",
         options.seconds,
         options.crowd_upgrades,
         crate::crowd::UPGRADE_SPACING.as_secs(),
