@@ -313,11 +313,11 @@ impl Shared {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Counts request `index`, started at `start`, which opened `opened` connections.
     fn record<T>(
         &self,
         samples: &mut Vec<Sample>,
-        index: u64,
-        start: Instant,
+        (index, start, opened): (u64, Instant, u8),
         outcome: &Result<T, Failure>,
     ) {
         let latency = start.elapsed();
@@ -343,6 +343,7 @@ impl Shared {
                 start_us: micros(start_offset),
                 latency_us: u32::try_from(micros(latency)).unwrap_or(u32::MAX),
                 ok: outcome.is_ok(),
+                connects: opened,
             });
         }
     }
@@ -361,8 +362,16 @@ async fn run_worker(shared: Arc<Shared>, target: Arc<Target>, mode: Mode) -> Wor
     let mut connection = None;
     while let Some(index) = shared.claim() {
         let start = Instant::now();
-        let outcome = request(&mut connection, &shared, &target, mode, index, start).await;
-        shared.record(&mut samples, index, start, &outcome);
+        let mut opened = 0;
+        let outcome = request(
+            &mut connection,
+            &shared,
+            &target,
+            (mode, index, start),
+            &mut opened,
+        )
+        .await;
+        shared.record(&mut samples, (index, start, opened), &outcome);
         if let (true, Ok(body)) = (shared.keep_bodies, &outcome) {
             bodies.push(String::from_utf8_lossy(body).into_owned());
         }
@@ -380,16 +389,16 @@ async fn run_worker(shared: Arc<Shared>, target: Arc<Target>, mode: Mode) -> Wor
     }
 }
 
-/// Request number `index`, on `connection` if it is open, else on a new one (left in
-/// `connection` if it may be reused); returns the body of its 2xx response. Every error path
-/// drops the connection: its state is unknown.
+/// Request number `index`, started at `start`, on `connection` if it is open, else on a new one
+/// (left in `connection` if it may be reused); returns the body of its 2xx response and adds
+/// the connections it opened to `opened`. Every error path drops the connection: its state is
+/// unknown.
 async fn request(
     connection: &mut Option<Connection>,
     shared: &Shared,
     target: &Target,
-    mode: Mode,
-    index: u64,
-    start: Instant,
+    (mode, index, start): (Mode, u64, Instant),
+    opened: &mut u8,
 ) -> Result<Bytes, Failure> {
     let deadline = start + shared.request_timeout;
     let (protocol, close) = match mode {
@@ -410,7 +419,7 @@ async fn request(
         let open = match connection {
             Some(open) => open,
             None => {
-                let opened = timeout_at(deadline, Connection::open(target, protocol))
+                let new = timeout_at(deadline, Connection::open(target, protocol))
                     .await
                     .map_err(|_| {
                         let timeout = shared.request_timeout;
@@ -420,7 +429,8 @@ async fn request(
                         ))
                     })??;
                 shared.connects.fetch_add(1, Ordering::Relaxed);
-                connection.insert(opened)
+                *opened = opened.saturating_add(1);
+                connection.insert(new)
             }
         };
         let sent = timeout_at(deadline, open.send(target, close, body.clone())).await;
@@ -512,15 +522,16 @@ mod tests {
         let target = Target::new(addr, "/", None).expect("valid target");
         let mut connection = None;
 
+        let mut opened = 0;
         let first = request(
             &mut connection,
             &shared,
             &target,
-            Mode::KeepAlive,
-            0,
-            Instant::now(),
+            (Mode::KeepAlive, 0, Instant::now()),
+            &mut opened,
         );
         assert_eq!(first.await, Ok(Bytes::from_static(b"ok")));
+        assert_eq!(opened, 1, "the first request opens the connection");
         let open = connection
             .as_ref()
             .expect("a keep-alive response leaves the connection open");
@@ -533,15 +544,19 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
+        let mut opened = 0;
         let second = request(
             &mut connection,
             &shared,
             &target,
-            Mode::KeepAlive,
-            1,
-            Instant::now(),
+            (Mode::KeepAlive, 1, Instant::now()),
+            &mut opened,
         );
         assert_eq!(second.await, Ok(Bytes::from_static(b"ok")));
+        assert_eq!(
+            opened, 1,
+            "the reconnect is counted on the request that made it"
+        );
         assert_eq!(shared.connects.load(Ordering::Relaxed), 2);
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

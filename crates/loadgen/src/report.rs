@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::{Failure, FailureKind, Mode};
 
 /// One request: when it started (from the start of the load), how long it took, whether it got a
-/// full 2xx response. 16 bytes, so millions fit in memory.
+/// full 2xx response, how many connections it opened. 16 bytes, so millions fit in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
     /// Microseconds from the start of the load to the start of this request.
@@ -18,6 +18,11 @@ pub struct Sample {
     pub latency_us: u32,
     /// Whether the request got a full 2xx response.
     pub ok: bool,
+    /// TCP connections this request opened successfully: 0 on a reused connection, 1 when it
+    /// needed a new one (the first request of a worker, every request in close mode, the first
+    /// after the server closed a keep-alive connection), more when HTTP/2 GOAWAYs refused it on
+    /// new ones. Summed over all samples, [`Report::connects`].
+    pub connects: u8,
 }
 
 impl Sample {
@@ -145,6 +150,20 @@ impl Report {
         }
     }
 
+    /// TCP connections opened by the requests that started within `window` (all of them,
+    /// [`Report::connects`], for `None`): e.g. how fast clients reconnect after a server told them
+    /// to (`Connection: close`, GOAWAY).
+    pub fn connects_in(&self, window: Option<Range<Duration>>) -> u64 {
+        match window {
+            None => self.connects,
+            Some(window) => self
+                .samples_in(Some(window))
+                .iter()
+                .map(|s| u64::from(s.connects))
+                .sum(),
+        }
+    }
+
     /// Failed requests that started within `window` (all of them for `None`, including those
     /// without a sample).
     pub fn failed_in(&self, window: Option<Range<Duration>>) -> u64 {
@@ -215,12 +234,15 @@ mod tests {
                 start_us: i * 10_000,
                 latency_us: u32::try_from((i + 1) * 1_000).expect("small"),
                 ok: true,
+                // A new connection every 10th request.
+                connects: u8::from(i % 10 == 0),
             })
             .collect();
         samples.push(Sample {
             start_us: 505_000,
             latency_us: 7,
             ok: false,
+            connects: 1,
         });
         samples.sort_by_key(|sample| sample.start_us);
         Report {
@@ -229,7 +251,7 @@ mod tests {
             elapsed: ms(1_000),
             ok: 100,
             failures: BTreeMap::from([(FailureKind::EarlyClose, 1)]),
-            connects: 1,
+            connects: 11,
             refused: 0,
             samples,
             samples_dropped: 0,
@@ -265,6 +287,22 @@ mod tests {
         assert!((report.throughput(Some(ms(100)..ms(200))) - 100.0).abs() < 1e-9);
         assert_eq!(report.throughput(Some(ms(300)..ms(300))), 0.0);
         assert!(report.samples_in(Some(ms(300)..ms(100))).is_empty());
+    }
+
+    #[test]
+    fn connects_count_by_start_time() {
+        let report = report();
+        assert_eq!(report.connects_in(None), 11);
+        // Requests 0, 10, ..., 90 opened one each; the failed one at 505 ms one too.
+        assert_eq!(report.connects_in(Some(ms(0)..ms(1_000))), 11);
+        assert_eq!(report.connects_in(Some(ms(500)..ms(510))), 2);
+        assert_eq!(report.connects_in(Some(ms(1)..ms(100))), 0);
+        assert_eq!(report.connects_in(Some(ms(300)..ms(100))), 0);
+    }
+
+    #[test]
+    fn a_sample_stays_16_bytes() {
+        assert_eq!(std::mem::size_of::<Sample>(), 16);
     }
 
     #[test]

@@ -42,6 +42,12 @@ fn assert_consistent(report: &Report, expected_total: u64) {
     );
     let failed_samples = report.samples.iter().filter(|sample| !sample.ok).count() as u64;
     assert_eq!(failed_samples, report.failed(), "{report}");
+    let connects: u64 = report.samples.iter().map(|s| u64::from(s.connects)).sum();
+    assert_eq!(
+        connects, report.connects,
+        "each connect is on one sample: {report}"
+    );
+    assert_eq!(report.connects_in(None), report.connects);
 }
 
 /// All requests failed, and all with `kind`.

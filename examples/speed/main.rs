@@ -1,0 +1,298 @@
+//! baton next to bare axum and nginx under `wrk`, and how fast a handover is (issue 16); with
+//! `--crowd`, the same at thousands of keep-alive connections (issue 17).
+//!
+//! ```text
+//! cargo build --release --bin baton --example bare_axum --example speed
+//! target/release/examples/speed [--rounds 3] [--seconds 5] [--connections 50] [--upgrades 10]
+//! target/release/examples/speed --crowd 2000,5000 [--rounds 3] [--seconds 5] [--crowd-upgrades 3]
+//! ```
+//!
+//! `wrk` and `nginx` must be on `PATH` (Debian: `apt-get install wrk nginx-light`). It starts the
+//! three servers on loopback in a temporary directory: nginx `return 200` (its own
+//! `worker_processes auto`), `examples/bare_axum` (`axum::serve` hello world) and `baton serve`
+//! with its defaults. Then:
+//! 1. **Calibration**: wrk against nginx, the cheapest server here. Its req/s is a lower bound
+//!    of what wrk can send on this machine; a server above 80 % of it is marked client-bound
+//!    (wrk, not the server, may be what limits it), and its ratio is not a result.
+//! 2. **Throughput**: each server in turn, keep-alive and `Connection: close`, in interleaved
+//!    rounds whose order rotates, so a neighbour's burst does not favour one server; the
+//!    medians and baton's ratios to bare axum and nginx.
+//! 3. **Handover**: K upgrades (SIGUSR2) idle and K under wrk keep-alive load: from the signal
+//!    until a new connection is answered by the new pid, and the new generation's own figures
+//!    from `/-/status` (request to spawn, request to ready, so spawn to ready).
+//!
+//! Every figure is printed, never asserted: exit 1 only if a request failed (a wrk socket
+//! error or non-2xx, a probe that failed) or a server did not start.
+//!
+//! `--crowd N,...` runs the many-connections mode instead (see `crowd`): loadgen keep-alive
+//! load of N connections on bare axum and baton (and `--compare`), steady and across upgrades,
+//! with issue 17's targets marked met or missed. It exits 1 only on a broken run (a server
+//! that does not start, an upgrade that does not complete): a missed target, failed requests
+//! included, is a figure.
+//!
+//! # Layout
+//! - `servers`: start nginx, bare axum and baton on free loopback ports; stop them on drop.
+//! - `wrk`: one wrk run and its figures.
+//! - `handover`: one upgrade and its timings; which pid answers.
+//! - `crowd`: the many-connections mode: its runs and what each measured.
+//! - `figures`: the many-connections mode's tables and targets.
+//! - `host`: the open-files limit, listen-queue counters, CPU time.
+
+mod crowd;
+mod figures;
+mod handover;
+mod host;
+#[path = "../common/serve.rs"]
+mod serve;
+mod servers;
+mod wrk;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+
+use handover::{handovers, print_handovers};
+use servers::{start_bare, start_baton, start_nginx};
+use wrk::{Kind, Run, wrk};
+
+#[derive(Debug, Parser)]
+#[command(about = "baton vs bare axum vs nginx under wrk, and the handover time")]
+struct Options {
+    /// Interleaved rounds per load kind.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// wrk connections (`-c`); wrk runs two threads (`-t2`).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Upgrades idle, and again under load.
+    #[arg(long, default_value_t = 10)]
+    upgrades: usize,
+    /// Another baton build to load in the same rounds (e.g. main's, for a before/after
+    /// comparison that the machine's drift cannot bias).
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Many keep-alive connections instead (issue 17): for each count, bare axum and baton
+    /// under loadgen, steady and across upgrades (e.g. `--crowd 2000,5000`).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    crowd: Vec<usize>,
+    /// Upgrades per round under load, with `--crowd`.
+    #[arg(long, default_value_t = 3)]
+    crowd_upgrades: usize,
+    /// baton's `lifecycle.lame_duck`: 300ms unless given for the wrk comparison, baton's
+    /// default (2s) unless given with `--crowd`.
+    #[arg(long, value_name = "DURATION")]
+    lame_duck: Option<String>,
+}
+
+/// Bound on starting a server and on one handover.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The lame duck of the baton the wrk comparison starts, unless `--lame-duck` is given.
+const LAME_DUCK: &str = "300ms";
+
+#[derive(Debug, thiserror::Error)]
+enum SpeedError {
+    #[error("{0} not found on PATH; install it (Debian: apt-get install wrk nginx-light)")]
+    Tool(&'static str),
+    #[error("{0} not found; build it: cargo build --release --bin baton --example bare_axum")]
+    Binary(PathBuf),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpeedError {
+    let what = what.into();
+    move |source| SpeedError::Io { what, source }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Exits with `SpeedError::Tool` unless each of `tools` is on `PATH`.
+fn require(tools: &[&'static str]) -> Result<(), SpeedError> {
+    for tool in tools {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map_or(true, |s| !s.success())
+        {
+            return Err(SpeedError::Tool(tool));
+        }
+    }
+    Ok(())
+}
+
+/// The bare axum example and the baton binary, next to this executable.
+fn programs() -> Result<(PathBuf, PathBuf), SpeedError> {
+    let here = std::env::current_exe().map_err(io("current executable"))?;
+    let examples = here.parent().map(Path::to_path_buf).unwrap_or_default();
+    let bare_program = examples.join("bare_axum");
+    let baton_program = examples.join("../baton");
+    for program in [&bare_program, &baton_program] {
+        if !program.exists() {
+            return Err(SpeedError::Binary(program.clone()));
+        }
+    }
+    Ok((bare_program, baton_program))
+}
+
+/// baton vs bare axum vs nginx under wrk, then the handovers idle and under wrk.
+fn run(options: &Options) -> Result<bool, SpeedError> {
+    require(&["wrk", "nginx"])?;
+    let (bare_program, baton_program) = programs()?;
+    let dir = tempfile::tempdir().map_err(io("temp dir"))?;
+    let nginx_dir = dir.path().join("nginx");
+    let baton_dir = dir.path().join("baton");
+    for d in [&nginx_dir, &baton_dir] {
+        std::fs::create_dir_all(d).map_err(io("create a temp dir"))?;
+    }
+    let nginx = start_nginx(&nginx_dir, 4096)?;
+    let bare = start_bare(&bare_program, dir.path())?;
+    let lame_duck = options.lame_duck.as_deref().unwrap_or(LAME_DUCK);
+    let baton = start_baton("baton".into(), &baton_program, &baton_dir, lame_duck, "")?;
+    let other = match &options.compare {
+        Some(program) => {
+            let other_dir = dir.path().join("other");
+            std::fs::create_dir_all(&other_dir).map_err(io("create a temp dir"))?;
+            let name = format!("baton ({})", program.display());
+            Some(start_baton(name, program, &other_dir, lame_duck, "")?)
+        }
+        None => None,
+    };
+    let mut clean = true;
+
+    // wrk warms up against the cheapest server first; its best figure, there or in the rounds,
+    // is the least the client can do on this machine.
+    let connections = options.connections;
+    let mut ceiling = wrk(nginx.addr, Kind::KeepAlive, connections, options.seconds)?.rps;
+    let mut servers = vec![&nginx, &bare, &baton.server];
+    servers.extend(other.as_ref().map(|b| &b.server));
+    let mut rows = Vec::new();
+    for kind in [Kind::KeepAlive, Kind::Close] {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
+        for round in 0..options.rounds {
+            for i in 0..servers.len() {
+                let index = (i + round) % servers.len();
+                let run = wrk(servers[index].addr, kind, connections, options.seconds)?;
+                clean &= run.errors == 0;
+                runs[index].push(run);
+            }
+        }
+        if kind == Kind::KeepAlive {
+            ceiling = runs[0].iter().map(|r| r.rps).fold(ceiling, f64::max);
+        }
+        let rps: Vec<f64> = runs
+            .iter()
+            .map(|r| median(r.iter().map(|x| x.rps).collect()))
+            .collect();
+        for (index, server) in servers.iter().enumerate() {
+            let p99 = median(runs[index].iter().map(|x| x.p99_ms).collect());
+            let each: Vec<String> = runs[index]
+                .iter()
+                .map(|r| format!("{:.0}", r.rps))
+                .collect();
+            // A figure near the client's ceiling may be wrk's limit, not the server's.
+            let bound = if index != 0 && runs[index].iter().any(|r| r.rps > 0.8 * ceiling) {
+                " (client-bound)"
+            } else {
+                ""
+            };
+            rows.push(format!(
+                "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {:.2} | {:.2} |",
+                server.name,
+                rps[index],
+                each.join(", "),
+                rps[index] / rps[1],
+                rps[index] / rps[0],
+            ));
+        }
+    }
+    println!(
+        "wrk -t2 -c{} -d{}s, {} rounds; client ceiling (best wrk figure against nginx, the \
+         cheapest server): {ceiling:.0} req/s\n",
+        options.connections, options.seconds, options.rounds
+    );
+    println!(
+        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | vs bare axum | vs nginx |"
+    );
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: |");
+    for row in rows {
+        println!("{row}");
+    }
+
+    println!(
+        "\n| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    print_handovers(
+        "idle",
+        &handovers(baton.server.addr, baton.admin, &baton_dir, options.upgrades)?,
+    );
+    let seconds = options.seconds.max(2) * 4;
+    let loaded = std::thread::scope(|scope| {
+        let load = scope.spawn(|| wrk(baton.server.addr, Kind::KeepAlive, connections, seconds));
+        let measured = handovers(baton.server.addr, baton.admin, &baton_dir, options.upgrades);
+        (measured, load.join())
+    });
+    let (measured, load) = loaded;
+    let measured = measured?;
+    print_handovers(&format!("under wrk -c{}", options.connections), &measured);
+    match load {
+        Ok(Ok(run)) => {
+            clean &= run.errors == 0;
+            println!(
+                "\nwrk during the loaded upgrades: {:.0} req/s, p99 {:.2} ms, {} errors",
+                run.rps, run.p99_ms, run.errors
+            );
+        }
+        Ok(Err(err)) => return Err(err),
+        Err(_) => return Err(SpeedError::Failed("the wrk thread panicked".into())),
+    }
+    // The current generation is not our child any more: the guard stops it by the pid that
+    // answers.
+    Ok(clean)
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    if !options.crowd.is_empty() {
+        // Every figure of this mode is a result, a failed request included: only a broken run
+        // (a server that does not start, an upgrade that never completes) is an error.
+        return match crowd::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("speed: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(&options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("speed: a request failed (see wrk's errors above)");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("speed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `wrk -t2 -cN` runs and the figures read from their `--latency` output.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use crate::{SpeedError, io};
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// The slowest request (wrk's `Latency` max).
+    pub(crate) max_ms: f64,
+    /// Socket errors plus non-2xx/3xx responses.
+    pub(crate) errors: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
+    KeepAlive,
+    Close,
+}
+
+/// `wrk -t2 -c{connections} -d{seconds}s --latency` on `GET /` at `addr`.
+pub(crate) fn wrk(
+    addr: SocketAddr,
+    kind: Kind,
+    connections: usize,
+    seconds: u64,
+) -> Result<Run, SpeedError> {
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if kind == Kind::Close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let output = command
+        .arg(format!("http://{addr}/"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io("run wrk"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_wrk(&text).ok_or_else(|| SpeedError::Failed(format!("cannot read wrk's output:\n{text}")))
+}
+
+/// A wrk duration (`900.00us`, `1.61ms`, `1.02s`, `2.00m`) in ms.
+fn to_ms(text: &str) -> Option<f64> {
+    if let Some(us) = text.strip_suffix("us") {
+        Some(us.parse::<f64>().ok()? / 1000.0)
+    } else if let Some(ms) = text.strip_suffix("ms") {
+        ms.parse().ok()
+    } else if let Some(m) = text.strip_suffix('m') {
+        Some(m.parse::<f64>().ok()? * 60_000.0)
+    } else {
+        Some(text.strip_suffix('s')?.parse::<f64>().ok()? * 1000.0)
+    }
+}
+
+/// Requests/sec, the 50 % and 99 % latency, the slowest and the errors from wrk's `--latency`
+/// output.
+fn parse_wrk(text: &str) -> Option<Run> {
+    let value = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim_start().strip_prefix(prefix).map(str::trim))
+    };
+    let rps = value("Requests/sec:")?.parse().ok()?;
+    let p50_ms = to_ms(value("50%")?)?;
+    let p99_ms = to_ms(value("99%")?)?;
+    // `Latency   avg   stdev   max   +/- stdev` (the thread statistics, before the distribution).
+    let max_ms = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("Latency"))
+        .find_map(|rest| to_ms(rest.split_whitespace().nth(2)?))
+        .unwrap_or(f64::NAN);
+    let non_2xx = value("Non-2xx or 3xx responses:").map_or(Some(0), |n| n.parse().ok())?;
+    let socket = value("Socket errors:").map_or(0, |s| {
+        s.split(',')
+            .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
+    });
+    Some(Run {
+        rps,
+        p50_ms,
+        p99_ms,
+        max_ms,
+        errors: non_2xx + socket,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_read() {
+        let text = "Running 5s test @ http://127.0.0.1:1/\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   631.37us    1.61ms   1.02s    92.36%\n  Latency Distribution\n     50%  200.00us\n     99%    1.61ms\n  640000 requests in 5.00s, 80.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec: 128000.50\n";
+        let run = parse_wrk(text).expect("parsed");
+        assert!((run.rps - 128_000.5).abs() < 0.01);
+        assert!((run.p50_ms - 0.2).abs() < 1e-9);
+        assert!((run.p99_ms - 1.61).abs() < 1e-9);
+        assert!((run.max_ms - 1020.0).abs() < 1e-9);
+        assert_eq!(run.errors, 7);
+        let micros = text.replace("1.61ms", "900.00us");
+        assert!((parse_wrk(&micros).expect("parsed").p99_ms - 0.9).abs() < 1e-9);
+    }
+}
