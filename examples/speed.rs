@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release --bin baton --example bare_axum --example speed
 //! target/release/examples/speed [--rounds 3] [--seconds 5] [--connections 50] [--upgrades 10]
+//! target/release/examples/speed --handover-only [--upgrades 10]
 //! ```
 //!
 //! `wrk` and `nginx` must be on `PATH` (Debian: `apt-get install wrk nginx-light`). It starts the
@@ -17,7 +18,10 @@
 //!    medians and baton's ratios to bare axum and nginx.
 //! 3. **Handover**: K upgrades (SIGUSR2) idle and K under wrk keep-alive load: from the signal
 //!    until a new connection is answered by the new pid, and the new generation's own figures
-//!    from `/-/status` (request to spawn, request to ready, so spawn to ready).
+//!    from `/-/status` (request to spawn, request to ready, so spawn to ready), and the new
+//!    process's start step by step (`previous.steps_ms`, `main` to "ready"), median of each.
+//!
+//! `--handover-only` starts baton alone and does the idle handovers only (no wrk or nginx).
 //!
 //! Every figure is printed, never asserted: exit 1 only if a request failed (a wrk socket
 //! error or non-2xx, a probe that failed) or a server did not start.
@@ -30,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use baton::lifecycle::{Predecessor, Steps};
 use clap::Parser;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -53,6 +58,9 @@ struct Options {
     /// comparison that the machine's drift cannot bias).
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// Only the idle handovers, on baton alone (no wrk, nginx or bare axum).
+    #[arg(long)]
+    handover_only: bool,
 }
 
 /// Bound on starting a server and on one handover.
@@ -303,13 +311,21 @@ fn gone(pid: u32) -> bool {
 }
 
 /// One handover's figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Handover {
     /// SIGUSR2 until a new connection is answered by the new pid.
     served_ms: f64,
     /// The new generation's own: request to spawn, request to "ready".
     spawned_ms: f64,
     ready_ms: f64,
+    /// The new process's start, `main` to "ready", step by step.
+    steps: Option<Steps>,
+}
+
+/// What is read of `/-/status`: in order (a `serde_json::Value` would sort the steps by name).
+#[derive(Debug, serde::Deserialize)]
+struct Status {
+    previous: Option<Predecessor>,
 }
 
 /// SIGUSR2 to the pid that answers (once `/proc` shows it runs in our baton's directory),
@@ -347,13 +363,15 @@ fn upgrade_once(addr: SocketAddr, admin: SocketAddr, dir: &Path) -> Result<Hando
     }
     let status = loadgen::get_blocking(admin, "/-/status", Duration::from_secs(2))
         .map_err(|err| SpeedError::Failed(format!("/-/status: {err}")))?;
-    let json: serde_json::Value = serde_json::from_str(&status.body)
+    let status: Status = serde_json::from_str(&status.body)
         .map_err(|err| SpeedError::Failed(format!("/-/status: {err}")))?;
-    let ms = |key: &str| json["previous"][key].as_f64().unwrap_or(f64::NAN);
+    let previous = status.previous;
+    let ms = |value: Option<f64>| value.unwrap_or(f64::NAN);
     Ok(Handover {
         served_ms,
-        spawned_ms: ms("spawned_ms"),
-        ready_ms: ms("ready_ms"),
+        spawned_ms: ms(previous.as_ref().and_then(|p| p.spawned_ms)),
+        ready_ms: ms(previous.as_ref().and_then(|p| p.ready_ms)),
+        steps: previous.and_then(|p| p.steps_ms),
     })
 }
 
@@ -364,6 +382,53 @@ fn handovers(
     count: usize,
 ) -> Result<Vec<Handover>, SpeedError> {
     (0..count).map(|_| upgrade_once(addr, admin, dir)).collect()
+}
+
+/// The median of each step of the new process's start, in the order they ran, then their sum
+/// and what the steps do not cover: the spawn's return to `main` (exec, the loader) and the
+/// parent's read of the `ready` line.
+fn print_steps(label: &str, all: &[Handover]) {
+    let Some(first) = all.iter().find_map(|h| h.steps.as_ref()) else {
+        println!("\n(no steps in `/-/status`: a build from before them)");
+        return;
+    };
+    let names: Vec<&str> = first.iter().map(|(name, _)| name).collect();
+    let took = |name: &str| -> Vec<f64> {
+        all.iter()
+            .filter_map(|h| h.steps.as_ref())
+            .filter_map(|s| s.iter().find(|(n, _)| *n == name))
+            .map(|(_, took)| took.as_secs_f64() * 1e3)
+            .collect()
+    };
+    println!("\n| start of the new process, {label} | median ms | max ms |");
+    println!("| --- | ---: | ---: |");
+    for name in &names {
+        let values = took(name);
+        let max = values.iter().copied().fold(0.0, f64::max);
+        println!("| {name} | {:.2} | {max:.2} |", median(values));
+    }
+    let sums: Vec<f64> = all
+        .iter()
+        .filter_map(|h| h.steps.as_ref())
+        .map(|s| s.total().as_secs_f64() * 1e3)
+        .collect();
+    let max = sums.iter().copied().fold(0.0, f64::max);
+    println!(
+        "| **main to ready (sum)** | {:.2} | {max:.2} |",
+        median(sums)
+    );
+    let rest: Vec<f64> = all
+        .iter()
+        .filter_map(|h| {
+            let steps = h.steps.as_ref()?.total().as_secs_f64() * 1e3;
+            Some(h.ready_ms - h.spawned_ms - steps)
+        })
+        .collect();
+    let max = rest.iter().copied().fold(f64::MIN, f64::max);
+    println!(
+        "| spawn to ready, not in the steps (exec, loader, pipe) | {:.2} | {max:.2} |",
+        median(rest)
+    );
 }
 
 fn print_handovers(label: &str, all: &[Handover]) {
@@ -379,7 +444,46 @@ fn print_handovers(label: &str, all: &[Handover]) {
     );
 }
 
+const HANDOVER_HEADER: &str = "| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |";
+
+/// `--handover-only`: baton alone, idle handovers.
+fn run_handovers(options: &Options) -> Result<bool, SpeedError> {
+    let here = std::env::current_exe().map_err(io("current executable"))?;
+    let program = here
+        .parent()
+        .map(|examples| examples.join("../baton"))
+        .unwrap_or_default();
+    if !program.exists() {
+        return Err(SpeedError::Binary(program));
+    }
+    let dir = tempfile::tempdir().map_err(io("temp dir"))?;
+    let (baton, admin) = start_baton("baton".into(), &program, dir.path())?;
+    let measured = handovers(baton.addr, admin, dir.path(), options.upgrades)?;
+    println!("{HANDOVER_HEADER}");
+    print_handovers("idle", &measured);
+    print_steps("idle", &measured);
+    stop_current(baton.addr, dir.path());
+    Ok(true)
+}
+
+/// The current generation is not our child any more: stop it by the pid that answers.
+fn stop_current(addr: SocketAddr, dir: &Path) {
+    if let Some(pid) = who_answers(addr)
+        .filter(|p| is_ours(*p, dir))
+        .and_then(|p| i32::try_from(p).ok())
+    {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = Instant::now() + LIMIT;
+        while !gone(pid.unsigned_abs()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 fn run(options: &Options) -> Result<bool, SpeedError> {
+    if options.handover_only {
+        return run_handovers(options);
+    }
     for tool in ["wrk", "nginx"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -477,14 +581,9 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         println!("{row}");
     }
 
-    println!(
-        "\n| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    print_handovers(
-        "idle",
-        &handovers(baton.addr, admin, &baton_dir, options.upgrades)?,
-    );
+    println!("\n{HANDOVER_HEADER}");
+    let idle = handovers(baton.addr, admin, &baton_dir, options.upgrades)?;
+    print_handovers("idle", &idle);
     let seconds = options.seconds.max(2) * 4;
     let loaded = std::thread::scope(|scope| {
         let load = scope.spawn(|| wrk(baton.addr, Kind::KeepAlive, options, seconds));
@@ -505,17 +604,9 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         Ok(Err(err)) => return Err(err),
         Err(_) => return Err(SpeedError::Failed("the wrk thread panicked".into())),
     }
-    // The current generation is not our child any more: stop it by the pid that answers.
-    if let Some(pid) = who_answers(baton.addr)
-        .filter(|p| is_ours(*p, &baton_dir))
-        .and_then(|p| i32::try_from(p).ok())
-    {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + LIMIT;
-        while !gone(pid.unsigned_abs()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    print_steps("idle", &idle);
+    print_steps(&format!("under wrk -c{}", options.connections), &measured);
+    stop_current(baton.addr, &baton_dir);
     Ok(clean)
 }
 
