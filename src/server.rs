@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use crate::app::{self, AppState};
 use crate::config_watch::{self, WatchError};
 use crate::database::{Db, DbError, Migrations};
-use crate::lifecycle::{self, Commands, Exit, ProcessState, Routers, Startup};
+use crate::lifecycle::{self, Commands, Exit, ProcessState, Routers, Startup, Step};
 use crate::settings::{ConfigSource, Settings, SettingsError, SettingsStore};
 use crate::telemetry::{self, TelemetryError};
 use crate::tls::{Tls, TlsError};
@@ -54,7 +54,7 @@ pub fn serve(
     config: ConfigSource,
     supervise: bool,
 ) -> Result<i32, ServeError> {
-    let result = load(&config, startup.generation()).and_then(|(settings, telemetry)| {
+    let result = load(&mut startup, &config).and_then(|(settings, telemetry)| {
         // Before anything opens an fd: the supervisor's limit is also its workers'.
         lifecycle::raise_fd_limit();
         if lifecycle::should_supervise(&startup, supervise, &settings) {
@@ -66,6 +66,7 @@ pub fn serve(
             return Ok(runtime.block_on(lifecycle::supervise(&mut startup, config, settings))?);
         }
         let runtime = build_runtime(&settings)?;
+        startup.lap(Step::Runtime);
         let outcome = runtime.block_on(run(&mut startup, config, settings, telemetry.clone()));
         // Drained: what is left of this generation's spans goes out before it exits.
         telemetry.flush();
@@ -80,11 +81,13 @@ pub fn serve(
 }
 
 fn load(
+    startup: &mut Startup,
     config: &ConfigSource,
-    generation: u64,
 ) -> Result<(Settings, telemetry::Telemetry), ServeError> {
     let settings = Settings::load(config)?;
-    let telemetry = telemetry::init(&settings.log, generation)?;
+    startup.lap(Step::Config);
+    let telemetry = telemetry::init(&settings.log, startup.generation())?;
+    startup.lap(Step::Logging);
     Ok((settings, telemetry))
 }
 
@@ -133,12 +136,14 @@ async fn run(
             process.retired(),
         )?;
     }
+    startup.lap(Step::Setup);
     // Migrations run here, before "ready": a failing one fails this generation's start, so at
     // an upgrade the previous generation keeps serving and `baton upgrade` says why.
     let db = Db::open(&store.current().database, Migrations::from_env().await?).await?;
     store.add_participant(db.reload_participant());
     db.spawn_background(process.retired());
     tokio::spawn(follow_drains(process.clone(), db.clone()));
+    startup.lap(Step::Database);
     let state = AppState::new(store.clone(), process.clone(), db.clone(), tls.clone());
     let carry = app::AppCarry::new(state.clone(), startup.inherited());
     let routers = Routers {
@@ -147,7 +152,9 @@ async fn run(
         carry: Some(Arc::new(carry)),
         http_acceptor: tls.map(|tls| tls.acceptor()),
     };
+    startup.lap(Step::Router);
     self_check(&routers).await?;
+    startup.lap(Step::SelfCheck);
     let exit = lifecycle::run(startup, commands, store, telemetry, process, routers).await?;
     // Drained: requests are done or were cut, so this only waits for connections that are on
     // their way back; bounded all the same, as exiting must not depend on it.

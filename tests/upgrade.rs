@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton::lifecycle::Predecessor;
 use command_fds::{CommandFdExt, FdMapping};
 use loadgen::Mode;
 use nix::sys::signal::Signal;
@@ -370,6 +371,72 @@ fn status_shows_the_previous_generation_with_the_upgrade_times_and_its_drain() {
     let drain = &previous["drain"];
     assert!(drain["total_ms"].is_u64(), "{previous}");
     assert_eq!(drain["cut"], 0, "{previous}");
+}
+
+/// Issue 16: the new generation times its start, step by step from `main`'s first line, and
+/// sends the steps with "ready". The old generation logs them with the upgrade and hands them
+/// back in its lineage, so `/-/status` shows them, in order, under `previous.steps_ms`. They
+/// are measured, not made up: they fall between the upgrade request and the parent hearing
+/// "ready" (one monotonic clock), so their sum is at most `ready_ms`.
+#[test]
+fn status_shows_the_new_generations_start_step_by_step() {
+    #[derive(Debug, serde::Deserialize)]
+    struct Status {
+        pid: u32,
+        previous: Option<Predecessor>,
+    }
+    let server = Server::start(&Config {
+        probation: "300ms".into(),
+        ..Config::default()
+    });
+    let (old, new) = server.upgrade();
+    server.wait_gone(old);
+    let status = wait_for(DEADLINE, "the lineage in /-/status", || {
+        let status: Status = serde_json::from_str(&server.status_text()).expect("/-/status");
+        status.previous.is_some().then_some(status)
+    });
+    assert_eq!(status.pid, new);
+    let previous = status.previous.expect("checked above");
+    let steps = previous.steps_ms.clone().expect("steps_ms");
+    let names: Vec<&str> = steps.iter().map(|(name, _)| name).collect();
+    assert_eq!(
+        names,
+        [
+            "handover",
+            "config",
+            "logging",
+            "runtime",
+            "setup",
+            "database",
+            "router",
+            "self_check",
+            "listen",
+            "run_files",
+            "ready"
+        ],
+        "{previous:?}"
+    );
+    let ready_ms = previous.ready_ms.expect("ready_ms");
+    // To the microsecond both: rounding is all the slack needed.
+    assert!(
+        steps.total_ms() <= ready_ms + 0.002,
+        "the steps ({} ms) fit in request to ready ({ready_ms} ms): {previous:?}",
+        steps.total_ms()
+    );
+    assert!(!steps.total().is_zero(), "{previous:?}");
+    let log = server.log();
+    let logged = |needle: &str, who: &str| {
+        log.lines()
+            .find(|line| line.contains(needle) && line.contains(who))
+            .unwrap_or_else(|| panic!("no {needle:?} line with {who}:\n{log}"))
+            .to_owned()
+    };
+    // The old generation's upgrade line, and the new process's own, say the same.
+    let quoted = format!("steps=\"{steps}\"");
+    let handing_over = logged("handing over", &format!("successor={new}"));
+    assert!(handing_over.contains(&quoted), "{handing_over}\n{quoted}");
+    let serving = logged(": serving ", &format!("pid={new}"));
+    assert!(serving.contains(&quoted), "{serving}\n{quoted}");
 }
 
 // ---------------------------------------------------------------------------------------------

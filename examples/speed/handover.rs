@@ -1,11 +1,12 @@
 //! Handovers: SIGUSR2 to the baton generation that answers, then the time until a new
 //! connection is answered by another pid, and the new generation's own figures from the admin
-//! `/-/status`.
+//! `/-/status`, its start step by step included.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use baton::lifecycle::{Predecessor, Steps};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -37,7 +38,7 @@ pub(crate) fn gone(pid: u32) -> bool {
 }
 
 /// One handover's figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Handover {
     /// When SIGUSR2 was sent.
     pub(crate) signalled: Instant,
@@ -46,6 +47,14 @@ pub(crate) struct Handover {
     /// The new generation's own: request to spawn, request to "ready".
     pub(crate) spawned_ms: f64,
     pub(crate) ready_ms: f64,
+    /// The new process's start, `main` to "ready", step by step.
+    pub(crate) steps: Option<Steps>,
+}
+
+/// What is read of `/-/status`: in order (a `serde_json::Value` would sort the steps by name).
+#[derive(Debug, serde::Deserialize)]
+struct Status {
+    previous: Option<Predecessor>,
 }
 
 /// SIGUSR2 to the pid that answers (once `/proc` shows it runs in our baton's directory),
@@ -87,14 +96,16 @@ pub(crate) fn upgrade_once(
     }
     let status = loadgen::get_blocking(admin, "/-/status", Duration::from_secs(2))
         .map_err(|err| SpeedError::Failed(format!("/-/status: {err}")))?;
-    let json: serde_json::Value = serde_json::from_str(&status.body)
+    let status: Status = serde_json::from_str(&status.body)
         .map_err(|err| SpeedError::Failed(format!("/-/status: {err}")))?;
-    let ms = |key: &str| json["previous"][key].as_f64().unwrap_or(f64::NAN);
+    let previous = status.previous;
+    let ms = |value: Option<f64>| value.unwrap_or(f64::NAN);
     Ok(Handover {
         signalled: start,
         served_ms,
-        spawned_ms: ms("spawned_ms"),
-        ready_ms: ms("ready_ms"),
+        spawned_ms: ms(previous.as_ref().and_then(|p| p.spawned_ms)),
+        ready_ms: ms(previous.as_ref().and_then(|p| p.ready_ms)),
+        steps: previous.and_then(|p| p.steps_ms),
     })
 }
 
@@ -117,5 +128,52 @@ pub(crate) fn print_handovers(label: &str, all: &[Handover]) {
         col(|h| h.spawned_ms),
         col(|h| h.ready_ms),
         col(|h| h.ready_ms - h.spawned_ms),
+    );
+}
+
+/// The median of each step of the new process's start, in the order they ran, then their sum
+/// and what the steps do not cover: the spawn's return to `main` (exec, the loader) and the
+/// parent's read of the `ready` line.
+pub(crate) fn print_steps(label: &str, all: &[Handover]) {
+    let Some(first) = all.iter().find_map(|h| h.steps.as_ref()) else {
+        println!("\n(no steps in `/-/status`: a build from before them)");
+        return;
+    };
+    let names: Vec<&str> = first.iter().map(|(name, _)| name).collect();
+    let took = |name: &str| -> Vec<f64> {
+        all.iter()
+            .filter_map(|h| h.steps.as_ref())
+            .filter_map(|s| s.iter().find(|(n, _)| *n == name))
+            .map(|(_, took)| took.as_secs_f64() * 1e3)
+            .collect()
+    };
+    println!("\n| start of the new process, {label} | median ms | max ms |");
+    println!("| --- | ---: | ---: |");
+    for name in &names {
+        let values = took(name);
+        let max = values.iter().copied().fold(0.0, f64::max);
+        println!("| {name} | {:.2} | {max:.2} |", median(values));
+    }
+    let sums: Vec<f64> = all
+        .iter()
+        .filter_map(|h| h.steps.as_ref())
+        .map(|s| s.total().as_secs_f64() * 1e3)
+        .collect();
+    let max = sums.iter().copied().fold(0.0, f64::max);
+    println!(
+        "| **main to ready (sum)** | {:.2} | {max:.2} |",
+        median(sums)
+    );
+    let rest: Vec<f64> = all
+        .iter()
+        .filter_map(|h| {
+            let steps = h.steps.as_ref()?.total().as_secs_f64() * 1e3;
+            Some(h.ready_ms - h.spawned_ms - steps)
+        })
+        .collect();
+    let max = rest.iter().copied().fold(f64::MIN, f64::max);
+    println!(
+        "| spawn to ready, not in the steps (exec, loader, pipe) | {:.2} | {max:.2} |",
+        median(rest)
     );
 }

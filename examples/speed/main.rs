@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use handover::{handovers, print_handovers};
+use handover::{handovers, print_handovers, print_steps};
 use servers::{start_bare, start_baton, start_nginx};
 use wrk::{Kind, Run, wrk};
 
@@ -242,10 +242,8 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         "\n| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    print_handovers(
-        "idle",
-        &handovers(baton.server.addr, baton.admin, &baton_dir, options.upgrades)?,
-    );
+    let idle = handovers(baton.server.addr, baton.admin, &baton_dir, options.upgrades)?;
+    print_handovers("idle", &idle);
     let seconds = options.seconds.max(2) * 4;
     let loaded = std::thread::scope(|scope| {
         let load = scope.spawn(|| wrk(baton.server.addr, Kind::KeepAlive, connections, seconds));
@@ -266,6 +264,8 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         Ok(Err(err)) => return Err(err),
         Err(_) => return Err(SpeedError::Failed("the wrk thread panicked".into())),
     }
+    print_steps("idle", &idle);
+    print_steps(&format!("under wrk -c{}", options.connections), &measured);
     // The current generation is not our child any more: the guard stops it by the pid that
     // answers.
     Ok(clean)

@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 use sqlx::AssertSqlSafe;
 use sqlx::any::AnyConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, Executor};
+use sqlx::{ConnectOptions, Connection};
 
 use super::error::DbError;
 use crate::settings::SecretUrl;
@@ -137,14 +137,18 @@ pub(super) fn session_statements(
     }
 }
 
-/// Runs the session statements on `conn`.
+/// Runs the session statements on `conn`, as one batch: one round trip (to SQLite's thread or
+/// to the server) instead of one per statement, and none of them kept as a prepared statement.
 pub(super) async fn start_session(
     conn: &mut AnyConnection,
     statements: &[String],
 ) -> Result<(), sqlx::Error> {
-    for statement in statements {
-        conn.execute(AssertSqlSafe(statement.clone())).await?;
+    if statements.is_empty() {
+        return Ok(());
     }
+    sqlx::raw_sql(AssertSqlSafe(statements.join(";\n")))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -143,11 +143,12 @@ impl Pools {
     }
 
     /// One `SELECT 1` through each pool: every kind of connection opens and starts its
-    /// session.
+    /// session. The pools at once: each SQLite connection opens on its own thread.
     pub async fn check(&self) -> Result<(), DbError> {
-        for pool in self.distinct() {
-            select_one(self.acquire(pool).await?).await?;
-        }
+        let checks = self
+            .distinct()
+            .map(|pool| async move { select_one(self.acquire(pool).await?).await });
+        futures_util::future::try_join_all(checks).await?;
         Ok(())
     }
 

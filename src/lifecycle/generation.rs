@@ -191,8 +191,16 @@ async fn serve(
                 }));
                 match result {
                     Ok(successor) => {
-                        tracing::info!(successor = successor.pid, "the next generation is ready; handing over");
-                        ctx.process.set_handover_times(successor.times);
+                        let times = &successor.times;
+                        let steps = times.steps.as_ref().map(ToString::to_string);
+                        tracing::info!(
+                            successor = successor.pid,
+                            spawned_ms = super::lineage::millis(times.spawned),
+                            ready_ms = super::lineage::millis(times.ready),
+                            steps = steps.as_deref(),
+                            "the next generation is ready; handing over"
+                        );
+                        ctx.process.set_handover_times(successor.times.clone());
                         return Served::Replaced(Watch::Successor(Box::new(successor)));
                     }
                     Err(err) => {

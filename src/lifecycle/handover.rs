@@ -1,6 +1,11 @@
 //! What one generation hands the next: listening sockets (systemd's `LISTEN_FDS` protocol, read
 //! with `listenfd`), the generation number, and the write end of a readiness pipe. This module
-//! holds the names of that protocol and the child's side of it; `upgrade` holds the parent's.
+//! holds the names and the readiness line of that protocol and the child's side of it;
+//! `upgrade` holds the parent's.
+//!
+//! The readiness line is `ready <pid>`, followed by `key=value` words only when the reader
+//! asked for them (`READY_STEPS`): a build from before them takes anything after the pid for
+//! a broken line, while every build since ignores the words it does not know.
 #![allow(unsafe_code, reason = "adopts inherited fds by number")]
 
 use std::ffi::OsString;
@@ -14,6 +19,7 @@ use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::stat::{SFlag, fstat};
 
 use super::carry::Inherited;
+use super::steps::{StartupClock, Step, Steps};
 
 pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
@@ -37,10 +43,15 @@ pub(crate) const ORDERS_FD: &str = "BATON_SUPERVISOR_ORDERS_FD";
 /// How long the parent stands by after "ready" (direct mode), in milliseconds: the child
 /// records when that ends, for the client that waits for the outcome.
 pub(crate) const PROBATION_MS: &str = "BATON_UPGRADE_PROBATION_MS";
+/// Set by a process that reads the start-up steps on the `ready` line (see `steps`), to its
+/// own pid. A child sends them only to the parent this names: the variable may be left over
+/// from a generation before an older build, which would take them for a broken line.
+pub(crate) const READY_STEPS: &str = "BATON_UPGRADE_READY_STEPS";
 /// Every variable of the protocol: removed from the environment handed to a child before the
 /// fresh values are set, so nothing stale crosses two generations.
-pub(crate) const PROTOCOL_VARS: [&str; 11] = [
+pub(crate) const PROTOCOL_VARS: [&str; 12] = [
     STATE_FD,
+    READY_STEPS,
     ORDERS_FD,
     PROBATION_MS,
     SUPERVISOR_PID,
@@ -55,6 +66,8 @@ pub(crate) const PROTOCOL_VARS: [&str; 11] = [
 
 /// The message a ready child writes; anything else is a failure report.
 pub(crate) const READY_MESSAGE: &str = "ready";
+/// The word of the `ready` line that carries the start-up steps (`steps=name:micros,...`).
+pub(crate) const STEPS_FIELD: &str = "steps";
 pub(crate) const ERROR_MESSAGE: &str = "error";
 /// Written after "ready" when the child moves on (its own upgrade, or a shutdown): the parent,
 /// standing by, stops watching for a death to roll back from and exits.
@@ -86,6 +99,10 @@ pub struct Startup {
     /// What the previous generation handed over (see `carry`).
     pub(crate) inherited: Inherited,
     pub(crate) image: ExecImage,
+    /// Since `main`'s first line, step by step, to "ready".
+    clock: StartupClock,
+    /// Whether the process reading the readiness pipe wants the steps on the `ready` line.
+    send_steps: bool,
 }
 
 impl Startup {
@@ -94,6 +111,7 @@ impl Startup {
     /// Call before any thread exists: `listenfd` removes `LISTEN_FDS`/`LISTEN_PID` from the
     /// environment, which is only sound while the process is single-threaded.
     pub fn capture() -> Startup {
+        let clock = StartupClock::start();
         let from_systemd = std::env::var(LISTEN_PID)
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
@@ -122,7 +140,7 @@ impl Startup {
             .map(Inherited::read_batch)
             .unwrap_or_default();
         close_strays_on_exec();
-        Startup {
+        let mut startup = Startup {
             sockets,
             from_systemd,
             ready_pipe,
@@ -133,7 +151,23 @@ impl Startup {
             orders,
             inherited,
             image: ExecImage::current(),
-        }
+            clock,
+            send_steps: env_number(READY_STEPS).is_some_and(|pid| {
+                pid == u64::from(nix::unistd::getppid().as_raw().unsigned_abs())
+            }),
+        };
+        startup.lap(Step::Handover);
+        startup
+    }
+
+    /// Ends a step of the start (see [`Step`]).
+    pub fn lap(&mut self, step: Step) {
+        self.clock.lap(step);
+    }
+
+    /// The steps of the start so far.
+    pub fn steps(&self) -> &Steps {
+        self.clock.steps()
     }
 
     /// 1 for a fresh start, the parent's + 1 after an upgrade.
@@ -153,10 +187,15 @@ impl Startup {
 
     /// Tells the waiting parent (if any) that this process is ready to serve. What is returned
     /// tells a parent standing by that it may go (see [`ParentLink::release`]).
+    /// The last step, [`Step::Ready`], ends just before the line is written.
     pub(crate) fn report_ready(&mut self) -> std::io::Result<ParentLink> {
+        self.lap(Step::Ready);
         match self.ready_pipe.take() {
             Some(mut pipe) => {
-                pipe.send(&format!("{READY_MESSAGE} {}", std::process::id()))?;
+                pipe.send(&ready_line(
+                    std::process::id(),
+                    self.send_steps.then(|| self.steps()),
+                ))?;
                 Ok(ParentLink(Some(pipe)))
             }
             None => Ok(ParentLink(None)),
@@ -171,6 +210,52 @@ impl Startup {
             // The parent sees end-of-file if this write fails, which it reports too.
             let mut pipe = pipe;
             let _ = pipe.send(&format!("{ERROR_MESSAGE} {reason}"));
+        }
+    }
+}
+
+/// `ready <pid>`, with the steps when the reader wants them.
+pub(crate) fn ready_line(pid: u32, steps: Option<&Steps>) -> String {
+    match steps {
+        Some(steps) => format!("{READY_MESSAGE} {pid} {STEPS_FIELD}={}", steps.to_wire()),
+        None => format!("{READY_MESSAGE} {pid}"),
+    }
+}
+
+/// The first line a child writes on the readiness pipe, as its parent reads it.
+#[derive(Debug, PartialEq)]
+pub(crate) enum ReadyLine<'a> {
+    /// `ready <pid>`: with its steps if it sent them (see [`ready_line`]). Words after the pid
+    /// that this build does not know are a newer build's, and ignored; so are steps that do
+    /// not read.
+    Ready {
+        steps: Option<Steps>,
+    },
+    /// `ready` with another pid than the child's.
+    OtherPid(&'a str),
+    /// `error <reason>`.
+    Error(&'a str),
+    /// End of file without a word.
+    Closed,
+    Unexpected,
+}
+
+impl ReadyLine<'_> {
+    pub(crate) fn parse(line: &str, pid: u32) -> ReadyLine<'_> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let (said, fields) = rest.split_once(' ').unwrap_or((rest, ""));
+        match word {
+            READY_MESSAGE if said == pid.to_string() => ReadyLine::Ready {
+                steps: fields
+                    .split(' ')
+                    .filter_map(|field| field.split_once('='))
+                    .find(|(key, _)| *key == STEPS_FIELD)
+                    .and_then(|(_, steps)| Steps::from_wire(steps)),
+            },
+            READY_MESSAGE => ReadyLine::OtherPid(rest),
+            ERROR_MESSAGE => ReadyLine::Error(rest),
+            "" => ReadyLine::Closed,
+            _ => ReadyLine::Unexpected,
         }
     }
 }
@@ -329,6 +414,49 @@ mod tests {
             resolve_program(std::path::Path::new("/usr/bin/baton"), cwd),
             Some(PathBuf::from("/usr/bin/baton"))
         );
+    }
+
+    #[test]
+    fn the_ready_line_carries_the_steps_only_when_asked_and_reads_both_ways() {
+        let mut clock = StartupClock::start();
+        clock.lap(Step::Config);
+        clock.lap(Step::Ready);
+        // What a build from before the steps writes, and what it reads: nothing after the pid.
+        assert_eq!(ready_line(42, None), "ready 42");
+        let line = ready_line(42, Some(clock.steps()));
+        assert!(line.starts_with("ready 42 steps=config:"), "{line}");
+        let ReadyLine::Ready { steps: Some(steps) } = ReadyLine::parse(&line, 42) else {
+            panic!("{line} reads as ready with steps");
+        };
+        // To the microsecond, as sent.
+        assert_eq!(steps.to_string(), clock.steps().to_string());
+        let steps = &steps;
+        assert_eq!(
+            ReadyLine::parse("ready 42", 42),
+            ReadyLine::Ready { steps: None }
+        );
+        // A newer build's words are ignored, and so are steps that do not read.
+        let newer = format!("ready 42 colour=blue {} more=1", &line["ready 42 ".len()..]);
+        assert_eq!(
+            ReadyLine::parse(&newer, 42),
+            ReadyLine::Ready {
+                steps: Some(steps.clone())
+            }
+        );
+        assert_eq!(
+            ReadyLine::parse("ready 42 steps=config:x", 42),
+            ReadyLine::Ready { steps: None }
+        );
+        assert_eq!(
+            ReadyLine::parse(&line, 43),
+            ReadyLine::OtherPid(&line["ready ".len()..])
+        );
+        assert_eq!(
+            ReadyLine::parse("error no such table: items", 42),
+            ReadyLine::Error("no such table: items")
+        );
+        assert_eq!(ReadyLine::parse("", 42), ReadyLine::Closed);
+        assert_eq!(ReadyLine::parse("hello", 42), ReadyLine::Unexpected);
     }
 
     #[test]

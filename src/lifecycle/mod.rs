@@ -16,7 +16,8 @@
 //!    address), binds only what it did not inherit, closes what its configuration no longer
 //!    lists, builds its state, runs a self-check, writes the pid file and the state file
 //!    (`runfiles::claim`: a process that cannot is not ready), starts accepting, tells systemd
-//!    `MAINPID`/`READY`, and only then writes `ready <pid>` on the pipe (`run`).
+//!    `MAINPID`/`READY`, and only then writes `ready <pid>` on the pipe (`run`), with how long
+//!    each step of its start took (`steps`) when the parent asked for them.
 //! 4. The parent waits for that line with a deadline (`upgrade.ready_timeout`), watching the
 //!    child's process rather than the pipe (a grandchild may hold the pipe open). Its death,
 //!    an error line, the deadline, or a shutdown requested meanwhile: the child is stopped and
@@ -71,6 +72,7 @@ mod serve;
 mod signals;
 mod spread;
 mod state;
+mod steps;
 mod supervisor;
 mod systemd;
 mod trust;
@@ -100,6 +102,7 @@ pub use state::{
     DrainRecord, ListenerInfo, LongLived, Phase, ProcessState, RefusalRecord, UpgradeCounts,
     UpgradeRecord, Wire, WrapUp,
 };
+pub use steps::{Step, Steps};
 pub use supervisor::{SupervisorError, run as supervise};
 pub use upgrade::UpgradeError;
 
@@ -247,7 +250,9 @@ pub async fn run(
     // after "ready", and the run files must name a live server by then. A process that cannot
     // write them is not ready (no client could find it); if the parent rejects us after all,
     // it writes its own back.
+    startup.lap(Step::Listen);
     runfiles::claim(&ctx)?;
+    startup.lap(Step::RunFiles);
     let server = Server::start(paired, &ctx.process, &ctx.settings);
     tokio::spawn(memory::give_back_after_bursts(ctx.process.clone()));
     ctx.process.set_phase(state::Phase::Serving);
@@ -261,10 +266,13 @@ pub async fn run(
         ParentLink::default()
     });
     import_final_state(&mut startup.inherited, &ctx.process, ctx.carry.clone());
+    let steps = startup.steps();
     tracing::info!(
         pid = ctx.process.pid(),
         generation = ctx.process.generation(),
         version = ctx.process.version(),
+        start_ms = steps.total_ms(),
+        steps = steps.to_string().as_str(),
         "serving"
     );
     let orders = startup.orders.take().and_then(|fd| {

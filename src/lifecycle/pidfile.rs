@@ -219,8 +219,8 @@ pub(crate) fn read_text(path: &Path) -> std::io::Result<String> {
 /// Writes `contents` to `path` so that a reader sees the old file or the new one, never a
 /// part, and so that nobody else can interfere: a temporary file with an unpredictable name,
 /// created exclusively (an existing name, a planted symlink included, is never opened) in the
-/// same directory, given mode 0640, then renamed over `path` (which replaces a symlink there
-/// rather than following it).
+/// same directory, given mode 0640, then put in `path`'s place (see [`replace`]; a symlink
+/// there is replaced, never followed).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = directory_of(path);
     create_run_dir(dir)?;
@@ -240,6 +240,35 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> 
     // No fsync: readers need atomicity (the rename gives it), not durability across a
     // machine crash (run files describe processes that would be gone too), and an fsync
     // here once held the command loop for 255 ms.
+    replace(tmp, path)
+}
+
+/// Puts `tmp` at `path`, atomically for readers. Over an existing file, by exchanging the two
+/// names (`renameat2(RENAME_EXCHANGE)`) and removing the old file under the temporary name:
+/// rename(2) over a file makes ext4 (`auto_da_alloc`) start writing the new file's data out at
+/// once, which cost 0.5 ms at the median and 3-4 ms at the 90th percentile per file on this
+/// machine while other processes wrote to the disk, against 0.09 ms for the exchange. Anywhere
+/// else (nothing at `path` yet, a symlink or a directory there, a file system or libc without
+/// the exchange), a plain rename.
+fn replace(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_file()) {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        if renameat2(
+            AT_FDCWD,
+            tmp.path(),
+            AT_FDCWD,
+            path,
+            RenameFlags::RENAME_EXCHANGE,
+        )
+        .is_ok()
+        {
+            // The temporary name holds the old file now. Left behind, it would only be
+            // clutter next to the run files (never read: no client opens `.<name>.*.tmp`).
+            let _ = tmp.close();
+            return Ok(());
+        }
+    }
     // On failure the temporary file is removed when the error drops it.
     tmp.persist(path).map_err(|err| err.error)?;
     Ok(())
@@ -353,6 +382,22 @@ mod tests {
         assert!(path.exists(), "another pid must not remove it");
         remove_if_ours(&path, 4242);
         assert_eq!(read(&path).expect("read"), None);
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_file_whole_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run/baton.pid");
+        for pid in [1, 4242, 7] {
+            write(&path, pid).expect("write");
+            assert_eq!(read(&path).expect("read"), Some(pid));
+            assert_eq!(mode(&path), RUN_FILE_MODE);
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+            .expect("list run/")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["baton.pid"], "no temporary file is left");
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl ProcessState {
     }
 
     pub(crate) fn handover_times(&self) -> Option<HandoverTimes> {
-        *lock(&self.inner.handover_times)
+        lock(&self.inner.handover_times).clone()
     }
 
     pub(crate) fn set_handover_times(&self, times: HandoverTimes) {

@@ -16,11 +16,12 @@ use std::process::Command;
 use tokio::io::AsyncReadExt;
 
 use super::handover::{
-    ERROR_MESSAGE, ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, ORDERS_FD,
-    PARENT_PID, PROBATION_MS, PROTOCOL_VARS, READY_FD, READY_MESSAGE, RELEASE_MESSAGE, STATE_FD,
+    ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, ORDERS_FD, PARENT_PID,
+    PROBATION_MS, PROTOCOL_VARS, READY_FD, READY_STEPS, RELEASE_MESSAGE, ReadyLine, STATE_FD,
     SUPERVISOR_PID,
 };
 use super::lineage::HandoverTimes;
+use super::steps::Steps;
 
 /// Inherited fds start at 3, as in systemd's protocol.
 const FIRST_FD: i32 = 3;
@@ -228,7 +229,7 @@ pub(crate) async fn start_successor(
         },
     };
     match outcome {
-        Ok(()) => Ok(Successor {
+        Ok(steps) => Ok(Successor {
             pid,
             child,
             link: Some(link),
@@ -236,6 +237,7 @@ pub(crate) async fn start_successor(
             times: HandoverTimes {
                 spawned: spawned_after,
                 ready: requested.elapsed(),
+                steps,
             },
         }),
         Err(err @ UpgradeError::Stopped { .. }) => {
@@ -260,7 +262,7 @@ async fn last_word(pid: u32, link: &mut LineReader, status: String) -> UpgradeEr
     match tokio::time::timeout(LAST_WORDS, link.line()).await {
         Ok(line @ Ok(_)) => match parse_ready(pid, line) {
             Err(reported @ UpgradeError::Reported { .. }) => reported,
-            Ok(()) => UpgradeError::Exited {
+            Ok(_) => UpgradeError::Exited {
                 pid,
                 status: format!("{status}, right after it said ready"),
             },
@@ -387,6 +389,8 @@ fn prepare(
     if let Some(probation) = handover.probation {
         command.env(PROBATION_MS, probation.as_millis().to_string());
     }
+    // This process reads the steps on the `ready` line (see `handover`).
+    command.env(READY_STEPS, std::process::id().to_string());
     // command-fds dup2()s each fd to its number in the child and clears close-on-exec only
     // there, so nothing else of ours crosses (it also handles an fd already at its target).
     command
@@ -407,40 +411,51 @@ struct Prepared {
     state: std::io::PipeWriter,
 }
 
+/// A worker that said it is ready (the supervisor's side).
+#[derive(Debug)]
+pub(crate) struct Ready {
+    /// The rest of its readiness pipe, on which it goes on to hand over its state (see `carry`).
+    pub(crate) lines: LineReader,
+    /// Its start, step by step, when it said.
+    pub(crate) steps: Option<Steps>,
+}
+
 /// Waits for the readiness line (the supervisor's side; it learns of a death by reaping).
-/// Returns the pipe, on which a ready worker goes on to hand over its state (see `carry`).
 pub(crate) async fn wait_ready(
     pid: u32,
     reader: std::io::PipeReader,
     ready_timeout: Duration,
-) -> Result<LineReader, UpgradeError> {
+) -> Result<Ready, UpgradeError> {
     let mut reader = LineReader::new(OwnedFd::from(reader)).map_err(|e| protocol_error(pid, e))?;
     match tokio::time::timeout(ready_timeout, reader.line()).await {
         Err(_) => Err(UpgradeError::Timeout {
             pid,
             timeout: ready_timeout,
         }),
-        Ok(line) => parse_ready(pid, line).map(|()| reader),
+        Ok(line) => parse_ready(pid, line).map(|steps| Ready {
+            lines: reader,
+            steps,
+        }),
     }
 }
 
-fn parse_ready(pid: u32, line: std::io::Result<String>) -> Result<(), UpgradeError> {
+/// The child's first line: ready (with its steps, if it sent them), or why not.
+fn parse_ready(pid: u32, line: std::io::Result<String>) -> Result<Option<Steps>, UpgradeError> {
     let protocol = |detail: String| UpgradeError::Protocol { pid, detail };
     let line = line.map_err(|e| protocol(format!("reading the readiness pipe: {e}")))?;
-    let (word, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-    match word {
-        READY_MESSAGE if rest == pid.to_string() => Ok(()),
-        READY_MESSAGE => Err(protocol(format!("it said ready as pid {rest:?}"))),
-        ERROR_MESSAGE => Err(UpgradeError::Reported {
+    match ReadyLine::parse(&line, pid) {
+        ReadyLine::Ready { steps } => Ok(steps),
+        ReadyLine::OtherPid(said) => Err(protocol(format!("it said ready as pid {said:?}"))),
+        ReadyLine::Error(reason) => Err(UpgradeError::Reported {
             pid,
-            reason: rest.to_owned(),
+            reason: reason.to_owned(),
         }),
         // End of file without a word: the child died, or closed the pipe.
-        "" => Err(UpgradeError::Exited {
+        ReadyLine::Closed => Err(UpgradeError::Exited {
             pid,
             status: "it closed the readiness pipe".to_owned(),
         }),
-        _ => Err(protocol(format!("unexpected message {line:?}"))),
+        ReadyLine::Unexpected => Err(protocol(format!("unexpected message {line:?}"))),
     }
 }
 

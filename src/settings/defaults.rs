@@ -3,6 +3,10 @@
 //! The file is the one place a default value is written, and where each key is documented. It
 //! is also the lowest layer of every load, so a deployment's `default.toml` may set only some
 //! keys. A test holds the file to the schema: every key documented, as reloadable or not.
+//!
+//! A start parses it once and deserializes only the merged layers: the built-in layer alone
+//! becomes [`Settings`] only for `Settings::default()`, and a deployment whose `default.toml` is
+//! this same text (the template as cloned) gets the parsed table rather than a second parse.
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -16,10 +20,9 @@ use super::validate::check_table;
 const PATH: &str = "config/default.toml";
 const TEXT: &str = include_str!("../../config/default.toml");
 
-/// The built-in layer, as raw TOML (the base the other layers merge over) and as settings.
+/// The built-in layer as raw TOML: the base the other layers merge over.
 pub(super) struct BuiltIn {
     pub(super) table: toml::Table,
-    settings: Settings,
 }
 
 /// Parsed on first use; an error is kept as its message, since a broken built-in file is the
@@ -27,18 +30,36 @@ pub(super) struct BuiltIn {
 static BUILT_IN: LazyLock<Result<BuiltIn, String>> =
     LazyLock::new(|| BuiltIn::load().map_err(|err| err.to_string()));
 
+/// The built-in layer alone as settings, for `Settings::default()`; on first use only.
+static DEFAULTS: LazyLock<Result<Settings, String>> =
+    LazyLock::new(|| BuiltIn::settings().map_err(|err| err.to_string()));
+
 impl BuiltIn {
-    /// The same checks as any layer, and every key must have a value (except optional ones).
+    /// The same checks as any layer.
     fn load() -> Result<Self, SettingsError> {
         let table = parse(Path::new(PATH), TEXT)?;
         check_table(&Origin::File(PATH.into()), &table)?;
         refuse_secrets(&table)?;
-        let settings: Settings = toml::Value::Table(table.clone())
+        Ok(Self { table })
+    }
+
+    /// Every key must have a value (except optional ones), and the values keep their rules.
+    fn settings() -> Result<Settings, SettingsError> {
+        let table = built_in()?.table.clone();
+        let settings: Settings = toml::Value::Table(table)
             .try_into()
             .map_err(SettingsError::Deserialize)?;
         settings.validate()?;
-        Ok(Self { table, settings })
+        Ok(settings)
     }
+}
+
+/// The built-in table, when `text` (a deployment's file) is the built-in text itself: no need
+/// to parse it again.
+pub(super) fn parsed_if_built_in(text: &str) -> Option<toml::Table> {
+    (text == TEXT)
+        .then(|| built_in().ok().map(|built_in| built_in.table.clone()))
+        .flatten()
 }
 
 /// A secret in the built-in file would be in every copy of the binary.
@@ -79,8 +100,8 @@ impl Default for Settings {
     /// When that file does not load: the build is broken (`cargo test` says why). Loading
     /// ([`Settings::load`]) reports the same problem as an error instead.
     fn default() -> Self {
-        match built_in() {
-            Ok(built_in) => built_in.settings.clone(),
+        match &*DEFAULTS {
+            Ok(settings) => settings.clone(),
             Err(err) => panic!("{err}"),
         }
     }
@@ -99,6 +120,17 @@ mod tests {
         if let Err(err) = built_in() {
             panic!("{err}");
         }
+        if let Err(err) = &*DEFAULTS {
+            panic!("{err}");
+        }
+    }
+
+    #[test]
+    fn the_built_in_text_is_not_parsed_twice_and_other_text_is() {
+        let table = parsed_if_built_in(TEXT).expect("the built-in text");
+        assert_eq!(Some(&table), built_in().ok().map(|b| &b.table));
+        assert_eq!(parsed_if_built_in(&format!("{TEXT}\n")), None);
+        assert_eq!(parsed_if_built_in("[app]\ngreeting = \"hi\"\n"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::defaults::built_in;
+use super::defaults::{built_in, parsed_if_built_in};
 use super::error::{Origin, SettingsError};
 use super::schema::Settings;
 use super::validate::{check_table, env_value};
@@ -197,9 +197,13 @@ fn read_file(
             });
         }
     };
+    let table = match parsed_if_built_in(&text) {
+        Some(table) => table,
+        None => parse(path, &text)?,
+    };
     Ok(FileLayer {
         path: path.to_owned(),
-        table: parse(path, &text)?,
+        table,
     })
 }
 

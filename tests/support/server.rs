@@ -289,11 +289,17 @@ impl Server {
 
     /// `GET /-/status` on the admin listener, parsed.
     pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.status_text()).expect("/-/status is JSON")
+    }
+
+    /// `GET /-/status` as sent: for what a `serde_json::Value` loses (the order of an object's
+    /// keys).
+    pub fn status_text(&self) -> String {
         let admin = self.admin.expect("the admin listener is on");
         let response = loadgen::get_blocking(admin, "/-/status", REQUEST_TIMEOUT)
             .unwrap_or_else(|e| panic!("GET /-/status: {e}; log:\n{}", self.log()));
         assert_eq!(response.status, 200, "GET /-/status: {}", response.body);
-        serde_json::from_str(&response.body).expect("/-/status is JSON")
+        response.body
     }
 
     /// `GET /metrics` on the admin listener.

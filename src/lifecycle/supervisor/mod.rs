@@ -36,7 +36,7 @@ use super::handover::{ExecImage, Startup};
 use super::record::{SupervisorRecord, UpgradeBook};
 use super::signals::{Command, Commands};
 use super::state::ProcessState;
-use super::upgrade::{self, LineReader, UpgradeError};
+use super::upgrade::{self, Ready, UpgradeError};
 use super::{listeners, pidfile, systemd, wanted};
 use crate::settings::{ConfigSource, Settings};
 
@@ -101,7 +101,7 @@ struct Dying {
     kill_at: Option<Instant>,
 }
 
-type ReadyFuture = Pin<Box<dyn Future<Output = Result<LineReader, UpgradeError>> + Send>>;
+type ReadyFuture = Pin<Box<dyn Future<Output = Result<Ready, UpgradeError>> + Send>>;
 
 /// A worker that has not said it is ready yet.
 struct Pending {

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::lifecycle::carry;
 use crate::lifecycle::handover::Startup;
-use crate::lifecycle::upgrade::{self, Handover, LineReader, UpgradeError};
+use crate::lifecycle::steps::Steps;
+use crate::lifecycle::upgrade::{self, Handover, LineReader, Ready, UpgradeError};
 use crate::lifecycle::{pidfile, systemd};
 use crate::settings::Settings;
 
@@ -63,7 +64,7 @@ impl Supervisor {
     /// A pending worker answered: make it current, or count the failure.
     pub(super) fn settle(
         &mut self,
-        ready: Result<LineReader, UpgradeError>,
+        ready: Result<Ready, UpgradeError>,
         startup: &mut Startup,
     ) -> Result<(), SupervisorError> {
         let Some(pending) = self.pending.take() else {
@@ -78,9 +79,9 @@ impl Supervisor {
             (ready, _) => ready,
         };
         match ready {
-            Ok(lines) => {
+            Ok(Ready { lines, steps }) => {
                 self.forward_lines(pending.worker.pid, lines);
-                self.worker_ready(pending, startup)
+                self.worker_ready(pending, steps, startup)
             }
             Err(err) => self.worker_failed(pending, err),
         }
@@ -126,12 +127,15 @@ impl Supervisor {
     fn worker_ready(
         &mut self,
         pending: Pending,
+        steps: Option<Steps>,
         startup: &mut Startup,
     ) -> Result<(), SupervisorError> {
         let worker = pending.worker;
+        let steps = steps.as_ref().map(ToString::to_string);
         tracing::info!(
             pid = worker.pid,
             generation = worker.generation,
+            steps = steps.as_deref(),
             "worker ready"
         );
         if let Some(old) = self.current.replace(worker) {
