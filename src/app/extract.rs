@@ -39,7 +39,7 @@ pub(crate) struct CurrentSettings(pub(crate) Arc<Settings>, pub(crate) u64);
 tokio::task_local! {
     /// The snapshot of the request whose route future is being polled. A task-local rather
     /// than a request extension: inserting one grew the extension map on every request, 6 % of
-    /// the instructions of `GET /` (BENCHMARKS.md, "Where the template's time goes").
+    /// the instructions of `GET /` (BENCHMARKS.md, "Instructions per request").
     static REQUEST_SETTINGS: CurrentSettings;
 }
 

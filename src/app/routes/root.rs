@@ -38,7 +38,7 @@ const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=ut
 
 /// `GET /`'s body, rendered once per config generation: everything in it but the greeting is
 /// fixed for the life of the process, and formatting it on every request cost 8 % of the
-/// instructions of `GET /` (BENCHMARKS.md, "Where the template's time goes").
+/// instructions of `GET /` (BENCHMARKS.md, "Instructions per request").
 #[derive(Debug, Default)]
 pub(crate) struct Greeting(ArcSwapOption<(u64, Bytes)>);
 
