@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use crate::app::{self, AppState};
 use crate::config_watch::{self, WatchError};
 use crate::database::{Db, DbError, Migrations};
-use crate::lifecycle::{self, Commands, Exit, ProcessState, Routers, Startup, Step};
+use crate::lifecycle::{self, Commands, Exit, HttpService, ProcessState, Routers, Startup, Step};
 use crate::settings::{ConfigSource, Settings, SettingsError, SettingsStore};
 use crate::telemetry::{self, TelemetryError};
 use crate::tls::{Tls, TlsError};
@@ -146,15 +146,17 @@ async fn run(
     startup.lap(Step::Database);
     let state = AppState::new(store.clone(), process.clone(), db.clone(), tls.clone());
     let carry = app::AppCarry::new(state.clone(), startup.inherited());
+    let http = app::router(state.clone());
+    let admin = app::admin_router(state);
+    startup.lap(Step::Router);
+    self_check(http.clone()).await?;
+    startup.lap(Step::SelfCheck);
     let routers = Routers {
-        http: app::router(state.clone()),
-        admin: app::admin_router(state),
+        http: HttpService::new(http),
+        admin: HttpService::new(admin),
         carry: Some(Arc::new(carry)),
         http_acceptor: tls.map(|tls| tls.acceptor()),
     };
-    startup.lap(Step::Router);
-    self_check(&routers).await?;
-    startup.lap(Step::SelfCheck);
     let exit = lifecycle::run(startup, commands, store, telemetry, process, routers).await?;
     // Drained: requests are done or were cut, so this only waits for connections that are on
     // their way back; bounded all the same, as exiting must not depend on it.
@@ -169,13 +171,11 @@ async fn run(
 
 /// One request through the whole stack before the process says it is ready: a build that
 /// cannot answer its own health check must not replace one that can.
-async fn self_check(routers: &Routers) -> Result<(), ServeError> {
+async fn self_check(http: app::Public) -> Result<(), ServeError> {
     let request = Request::get("/healthz")
         .body(Body::empty())
         .map_err(|e| ServeError::SelfCheck(e.to_string()))?;
-    let response = routers
-        .http
-        .clone()
+    let response = http
         .oneshot(request)
         .await
         .map_err(|e| ServeError::SelfCheck(e.to_string()))?;

@@ -1,13 +1,15 @@
 //! In-process tests of the public and admin routers: each request goes through the real
 //! router (middleware included) with `tower::ServiceExt::oneshot`, no socket involved.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use baton::app::{AppState, admin_router, router};
+use axum::response::Response;
+use baton::app::{AppState, Public, admin_router, router};
 use baton::database::{Db, Migrations};
 use baton::lifecycle::ProcessState;
 use baton::settings::{ConfigSource, ReloadOutcome, SecretUrl, Settings, SettingsStore};
@@ -25,7 +27,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 
 struct TestApp {
-    public: Router,
+    public: Public,
     admin: Router,
     store: Arc<SettingsStore>,
     /// Holds the config directory that `write_config` + `reload` read.
@@ -122,7 +124,10 @@ async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     }
 }
 
-async fn send(app: &Router, request: Request<Body>) -> TestResponse {
+async fn send<S>(app: &S, request: Request<Body>) -> TestResponse
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
     let what = format!("{} {}", request.method(), request.uri());
     let response = tokio::time::timeout(DEADLINE, app.clone().oneshot(request))
         .await

@@ -9,11 +9,9 @@
 use std::time::Duration;
 
 use axum::body::HttpBody;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{Method, Version};
 use axum::response::Response;
-
-use super::metrics::UNMATCHED;
 
 /// The `tracing` target of access lines.
 pub const TARGET: &str = "baton::access";
@@ -22,15 +20,15 @@ pub const TARGET: &str = "baton::access";
 #[derive(Debug)]
 pub(crate) struct Entry {
     method: Method,
-    route: Option<MatchedPath>,
+    route: &'static str,
     version: Version,
 }
 
 impl Entry {
-    pub(crate) fn of(request: &Request, matched: Option<&MatchedPath>) -> Entry {
+    pub(crate) fn of(request: &Request, route: &'static str) -> Entry {
         Entry {
             method: request.method().clone(),
-            route: matched.cloned(),
+            route,
             version: request.version(),
         }
     }
@@ -39,7 +37,7 @@ impl Entry {
         tracing::info!(
             target: TARGET,
             method = %self.method,
-            route = %self.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
+            route = self.route,
             status = response.status().as_u16(),
             duration_ms = took.as_secs_f64() * 1000.0,
             // Absent for a streamed body (SSE), whose length is not known in advance.

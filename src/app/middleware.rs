@@ -3,18 +3,23 @@
 //!
 //! tower-http's `TimeoutLayer` fixes its duration when the router is built; this one reads
 //! `server.request_timeout` from the current snapshot, so a reload changes it for the next
-//! request. It is a `tower::Layer` written out, not `axum::middleware::from_fn`: `from_fn`
-//! boxes each request's future and clones the inner route into a boxed `Next`, two
-//! allocations per request that showed in the profile (BENCHMARKS.md, "Where the template's
-//! time goes"); here the future is a plain struct around the route's own.
+//! request. It is a service in front of the router, not `axum::middleware::from_fn` nor any
+//! `Router::layer`: `from_fn` boxes each request's future and clones the inner route into a
+//! boxed `Next`, and `Router::layer` wraps every route in a second boxed route, allocations per
+//! request that showed in the profile (BENCHMARKS.md, "Where the template's time goes"). Here
+//! the future is a plain struct around the router's own, and the route's label comes from the
+//! route table (`table`), which knows it before the router runs.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use axum::extract::{MatchedPath, Request};
+use axum::Router;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
@@ -25,64 +30,60 @@ use super::error::AppError;
 use super::extract::CurrentSettings;
 use super::metrics::InFlight;
 use super::state::AppState;
+use super::table::Labels;
 
-/// Adds [`PerRequest`] to every route it is layered on.
+/// The public service: the per-request work, then the router. Cheap to clone (one `Arc`), as
+/// the connection clones it for every request.
 #[derive(Debug, Clone)]
-pub(crate) struct ApplySettings {
+pub struct Public {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    router: Router,
+    labels: Labels,
     state: AppState,
 }
 
-impl ApplySettings {
-    pub(crate) fn new(state: AppState) -> Self {
-        Self { state }
-    }
-}
-
-impl<S> tower::Layer<S> for ApplySettings {
-    type Service = PerRequest<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        PerRequest {
-            inner,
-            state: self.state.clone(),
+impl Public {
+    pub(crate) fn new(router: Router, labels: Labels, state: AppState) -> Public {
+        Public {
+            inner: Arc::new(Inner {
+                router,
+                labels,
+                state,
+            }),
         }
     }
 }
 
-/// A route with the per-request work around it.
-#[derive(Debug, Clone)]
-pub(crate) struct PerRequest<S> {
-    inner: S,
-    state: AppState,
-}
-
-impl<S> tower::Service<Request> for PerRequest<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
-{
+impl tower::Service<Request> for Public {
     type Response = Response;
     type Error = Infallible;
-    type Future = Finishing<S::Future>;
+    type Future = Finishing<RouteFuture<Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready (axum's `Router::poll_ready` says so too).
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let state = &self.state;
+        let Inner {
+            router,
+            labels,
+            state,
+        } = &*self.inner;
         let (settings, generation) = state.settings().snapshot();
         let timeout = settings.server.request_timeout;
-        // The route as the router matched it, never the raw path: a bounded label set.
-        let matched = request.extensions().get::<MatchedPath>();
-        let route = state.metrics().route(matched.map(MatchedPath::as_str));
+        let label = labels.of(request.uri().path());
         let access = settings
             .log
             .access
-            .then(|| (access::Entry::of(&request, matched), state.clone()));
-        let span = request_span(&request, matched);
-        let in_flight = state.metrics().request_started(route);
-        // `poll_ready` above polled the inner service, as tower asks before a call.
-        let response = CurrentSettings(settings, generation).scope(self.inner.call(request));
+            .then(|| (access::Entry::of(&request, label.path), state.clone()));
+        let span = request_span(&request, label.path);
+        let in_flight = state.metrics().request_started(label.series);
+        let response = CurrentSettings(settings, generation).scope(router.clone().call(request));
         #[cfg(feature = "otel")]
         let response = tracing::Instrument::instrument(response, span.clone());
         #[cfg(not(feature = "otel"))]
@@ -104,8 +105,7 @@ where
 /// DEBUG span on `baton::request` (`log.filter = "info,baton::request=debug"`) that gives the
 /// handlers' log lines their request, as tower-http's `TraceLayer` did, for the cost of a level
 /// check while it is off (`TraceLayer` cost 4.5 % of the instructions of `GET /` even then).
-fn request_span(request: &Request, matched: Option<&MatchedPath>) -> tracing::Span {
-    let route = matched.map_or(super::metrics::UNMATCHED, MatchedPath::as_str);
+fn request_span(request: &Request, route: &str) -> tracing::Span {
     #[cfg(feature = "otel")]
     {
         let span = crate::otel::request_span(request.method().as_str(), route, request.headers());
@@ -136,7 +136,7 @@ struct Done {
 pin_project! {
     /// The route's future, bounded by the request timeout, then counted and logged.
     #[derive(Debug)]
-    pub(crate) struct Finishing<F> {
+    pub struct Finishing<F> {
         #[pin]
         response: Instrumented<TaskLocalFuture<CurrentSettings, F>>,
         deadline: Deadline,

@@ -6,7 +6,9 @@
 //! - `error`: [`AppError`], the one error type; it becomes `{"error": "..."}`.
 //! - `extract`: the request's settings snapshot, the API key check, and `Json`/`Query`/`Path`
 //!   rejecting with [`AppError`].
-//! - `middleware`: per-request settings snapshot, request timeout, metrics, access log.
+//! - `table`: the public route table, stated once for the router and the route labels.
+//! - `middleware`: the public service: per-request settings snapshot, request timeout,
+//!   metrics, access log, then the router.
 //! - `access`: the access log line.
 //! - `page`: pagination of list endpoints (`?limit=&after=`, a `Link` to the next page).
 //! - `routes`: the public handlers, one file per resource.
@@ -41,6 +43,7 @@ mod page;
 mod repository;
 mod routes;
 mod state;
+mod table;
 #[cfg(test)]
 mod tests;
 
@@ -50,15 +53,18 @@ use axum::routing::get;
 pub use access::TARGET as ACCESS_LOG_TARGET;
 pub use carry::AppCarry;
 pub use error::AppError;
+pub use middleware::Public;
 pub use state::AppState;
 
 use routes::{events, items, root, settings, slow, ws};
+use table::Table;
 
-/// The public service: `/`, `/healthz`, `/readyz`, `/api/...`.
-pub fn router(state: AppState) -> Router {
+/// The public service: `/`, `/healthz`, `/readyz`, `/api/...`, each request through the
+/// per-request work (see `middleware`).
+pub fn router(state: AppState) -> Public {
     // Full paths rather than `nest("/api", ...)`: nesting rewrites the URI of every request
     // (`StripPrefix`), and a flat table is the easiest to grep.
-    Router::new()
+    let (router, labels) = Table::new()
         .route("/", get(root::greet))
         .route("/healthz", get(root::healthz))
         .route("/readyz", get(root::readyz))
@@ -69,10 +75,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(events::stream))
         .route("/api/ws", get(ws::upgrade))
         .fallback(root::not_found)
-        // The request's span, timeout, metrics and access log, in one layer (see
-        // `middleware`): each `Router::layer` wraps every route once more.
-        .layer(middleware::ApplySettings::new(state.clone()))
-        .with_state(state)
+        .finish(state.clone());
+    // Not `Router::layer`: that would wrap every route once more (see `table`).
+    Public::new(router, labels, state)
 }
 
 /// The admin service: `/-/status`, `/metrics`, behind `admin.token` when it is set. Not

@@ -21,11 +21,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The router, the process state it follows, and the directory of its SQLite database (kept
 /// for as long as the test runs).
-async fn app() -> (axum::Router, ProcessState, tempfile::TempDir) {
+async fn app() -> (super::Public, ProcessState, tempfile::TempDir) {
     app_with(Settings::default()).await
 }
 
-async fn app_with(mut settings: Settings) -> (axum::Router, ProcessState, tempfile::TempDir) {
+async fn app_with(mut settings: Settings) -> (super::Public, ProcessState, tempfile::TempDir) {
     let source = ConfigSource {
         dir: "config-dir-not-read-by-these-tests".into(),
         env_name: None,
@@ -51,7 +51,7 @@ async fn app_with(mut settings: Settings) -> (axum::Router, ProcessState, tempfi
     )
 }
 
-async fn readyz(app: &axum::Router) -> (StatusCode, String) {
+async fn readyz(app: &super::Public) -> (StatusCode, String) {
     let request = Request::get("/readyz")
         .body(Body::empty())
         .expect("a static request is valid");
@@ -190,6 +190,7 @@ async fn websocket_echoes_then_goes_away_with_1001_when_the_drain_begins() {
         .await
         .expect("bind on loopback");
     let addr = listener.local_addr().expect("a bound address");
+    let app = axum::Router::new().fallback_service(app);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let (mut ws, _) = tokio::time::timeout(
         DEADLINE,

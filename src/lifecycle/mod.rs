@@ -83,8 +83,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::Router;
-
 pub use acceptor::{Accepted, Acceptor, Io, Protocol};
 pub use carry::{Carry, Inherited, Moment, UPGRADES};
 pub use control::{ControlError, Located, Upgraded, locate, reload, stop, upgrade};
@@ -110,6 +108,7 @@ use crate::settings::{Settings, SettingsStore};
 use crate::telemetry::Telemetry;
 use handover::ParentLink;
 use listeners::Wanted;
+pub use serve::HttpService;
 use serve::{Endpoint, Server};
 
 /// Listener names: what the sockets are called when they cross an upgrade (`LISTEN_FDNAMES`)
@@ -120,9 +119,9 @@ pub const ADMIN_LISTENER: &str = "admin";
 /// The services to put behind the listeners, and what they carry across an upgrade.
 #[derive(Debug, Clone)]
 pub struct Routers {
-    pub http: Router,
+    pub http: HttpService,
     /// Served on `admin.listen` when `admin.enabled`.
-    pub admin: Router,
+    pub admin: HttpService,
     /// Handed to the next generation (see [`Carry`]); `None` carries nothing.
     pub carry: Option<Arc<dyn Carry>>,
     /// Sets up each connection of the public listener before HTTP (TLS); `None`: plain HTTP.
@@ -222,12 +221,12 @@ pub async fn run(
         .map(|b| {
             let endpoint = if b.info.name == ADMIN_LISTENER {
                 Endpoint {
-                    router: routers.admin.clone(),
+                    service: routers.admin.clone(),
                     acceptor: None,
                 }
             } else {
                 Endpoint {
-                    router: routers.http.clone(),
+                    service: routers.http.clone(),
                     acceptor: routers.http_acceptor.clone(),
                 }
             };

@@ -10,15 +10,18 @@
 //! (`watch::Watchdog`, one timer per connection), in memory (HTTP/2 streams and send buffer,
 //! request bodies).
 
+use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::header::{CONNECTION, HeaderValue};
 use axum::http::{Request, StatusCode, Version};
+use axum::response::Response;
+use futures_util::future::BoxFuture;
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -67,10 +70,62 @@ struct Listener {
     gate: Arc<Gate>,
 }
 
-/// What a listener's connections get: the application's acceptor, if any, then the router.
+/// An HTTP service to put behind a listener: an axum `Router`, or any service of the same
+/// shape. Its type is erased once per connection, not per request: each request calls the
+/// service itself, with no boxing on top of what it does.
+#[derive(Clone)]
+pub struct HttpService(Arc<dyn ServesConnections>);
+
+impl HttpService {
+    pub fn new<S>(service: S) -> HttpService
+    where
+        S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        HttpService(Arc::new(Typed(service)))
+    }
+}
+
+impl fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HttpService")
+    }
+}
+
+/// [`serve_http`] for one service type, on either kind of stream.
+trait ServesConnections: Send + Sync {
+    fn plain(&self, io: Watched, conn: Established, ctx: Context) -> BoxFuture<'static, ()>;
+    fn accepted(&self, io: Box<dyn Io>, conn: Established, ctx: Context) -> BoxFuture<'static, ()>;
+}
+
+struct Typed<S>(S);
+
+impl<S> ServesConnections for Typed<S>
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn plain(&self, io: Watched, conn: Established, ctx: Context) -> BoxFuture<'static, ()> {
+        Box::pin(serve_http(io, conn, self.0.clone(), ctx))
+    }
+
+    fn accepted(&self, io: Box<dyn Io>, conn: Established, ctx: Context) -> BoxFuture<'static, ()> {
+        Box::pin(serve_http(io, conn, self.0.clone(), ctx))
+    }
+}
+
+/// What a listener's connections get: the application's acceptor, if any, then the service.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
-    pub(crate) router: Router,
+    pub(crate) service: HttpService,
     /// `None`: plain HTTP, HTTP/2 told from HTTP/1 by its preface (h2c).
     pub(crate) acceptor: Option<Arc<dyn Acceptor>>,
 }
@@ -274,7 +329,7 @@ async fn serve_connection(stream: TcpStream, endpoint: Endpoint, ctx: Context, a
         // Silent through the whole lame duck, like an idle keep-alive connection: close it.
         () = ctx.graceful.cancelled() => return,
     };
-    let Endpoint { router, acceptor } = endpoint;
+    let Endpoint { service, acceptor } = endpoint;
     let Some(acceptor) = acceptor else {
         let watchdog = Watchdog::new(limits, http2, accepted);
         let conn = Established {
@@ -284,7 +339,7 @@ async fn serve_connection(stream: TcpStream, endpoint: Endpoint, ctx: Context, a
             limits,
             slot,
         };
-        return serve_http(io, conn, router, ctx).await;
+        return service.0.plain(io, conn, ctx).await;
     };
     // Not cut at the graceful step: the client has spoken, as for a request on the wire; the
     // acceptor's own timeout bounds the handshake. The socket under it stays watched, so the
@@ -304,7 +359,7 @@ async fn serve_connection(stream: TcpStream, endpoint: Endpoint, ctx: Context, a
         limits,
         slot,
     };
-    serve_http(tls.stream, conn, router, ctx).await;
+    service.0.accepted(tls.stream, conn, ctx).await;
 }
 
 /// A connection HTTP is about to be served on, with what keeps it within its bounds.
@@ -317,7 +372,14 @@ struct Established {
 }
 
 /// Serves HTTP on an established stream until the client, the watchdog or the drain ends it.
-async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context) {
+async fn serve_http<S>(io: impl Io, conn: Established, service: S, ctx: Context)
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let Established {
         http2,
         activity,
@@ -329,7 +391,7 @@ async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context
     let process = ctx.process.clone();
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let router = router.clone();
+        let service = service.clone();
         let process = process.clone();
         let (mut in_flight, number) = service_activity.begin();
         async move {
@@ -339,7 +401,7 @@ async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context
                 Some(refused) => refused,
                 None => {
                     let limited = |body| Body::new(Limited::new(body, limits.max_body_bytes));
-                    router.oneshot(request.map(limited)).await?
+                    service.oneshot(request.map(limited)).await?
                 }
             };
             in_flight.handled();
@@ -356,7 +418,7 @@ async fn serve_http(io: impl Io, conn: Established, router: Router, ctx: Context
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
     let watch = Watch {
