@@ -37,7 +37,7 @@ impl Entry {
         tracing::info!(
             target: TARGET,
             method = %self.method,
-            route = self.route,
+            route = %self.route,
             status = response.status().as_u16(),
             duration_ms = took.as_secs_f64() * 1000.0,
             // Absent for a streamed body (SSE), whose length is not known in advance.
