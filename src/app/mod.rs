@@ -76,7 +76,9 @@ pub fn router(state: AppState) -> Public {
         .route("/api/ws", get(ws::upgrade))
         .fallback(root::not_found)
         .finish(state.clone());
-    // Not `Router::layer`: that would wrap every route once more (see `table`).
+    // The per-request work in front of the router, not a `Router::layer`, which would wrap
+    // every route once more (see `table`). A layer of your own (CORS, compression) goes on
+    // `router` here: `router.layer(...)`.
     Public::new(router, labels, state)
 }
 
