@@ -108,7 +108,7 @@ use crate::settings::{Settings, SettingsStore};
 use crate::telemetry::Telemetry;
 use handover::ParentLink;
 use listeners::Wanted;
-pub use serve::HttpService;
+pub use serve::{Answers, HttpService};
 use serve::{Endpoint, Server};
 
 /// Listener names: what the sockets are called when they cross an upgrade (`LISTEN_FDNAMES`)

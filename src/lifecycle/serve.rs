@@ -77,17 +77,33 @@ struct Listener {
 pub struct HttpService(Arc<dyn ServesConnections>);
 
 impl HttpService {
-    pub fn new<S>(service: S) -> HttpService
-    where
-        S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn new<S: Answers>(service: S) -> HttpService {
         HttpService(Arc::new(Typed(service)))
     }
+}
+
+/// What [`HttpService::new`] takes: a service that answers every request, as an axum `Router`
+/// does, and can be shared across connections.
+pub trait Answers:
+    tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Answers for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 impl fmt::Debug for HttpService {
@@ -104,15 +120,7 @@ trait ServesConnections: Send + Sync {
 
 struct Typed<S>(S);
 
-impl<S> ServesConnections for Typed<S>
-where
-    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Answers> ServesConnections for Typed<S> {
     fn plain(&self, io: Watched, conn: Established, ctx: Context) -> BoxFuture<'static, ()> {
         Box::pin(serve_http(io, conn, self.0.clone(), ctx))
     }
@@ -372,14 +380,7 @@ struct Established {
 }
 
 /// Serves HTTP on an established stream until the client, the watchdog or the drain ends it.
-async fn serve_http<S>(io: impl Io, conn: Established, service: S, ctx: Context)
-where
-    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+async fn serve_http<S: Answers>(io: impl Io, conn: Established, service: S, ctx: Context) {
     let Established {
         http2,
         activity,
