@@ -252,9 +252,11 @@ pub async fn run(
     startup.lap(Step::Listen);
     runfiles::claim(&ctx)?;
     startup.lap(Step::RunFiles);
+    // Serving before the first accept: a client whose `/healthz` was answered must not then
+    // get `/readyz` 503 "starting" because this thread was descheduled between the two.
+    ctx.process.set_phase(state::Phase::Serving);
     let server = Server::start(paired, &ctx.process, &ctx.settings);
     tokio::spawn(memory::give_back_after_bursts(ctx.process.clone()));
-    ctx.process.set_phase(state::Phase::Serving);
     // Likewise systemd learns MAINPID before the old main process can exit.
     if !ctx.role.is_worker() {
         systemd::ready(&format!("serving, generation {}", ctx.process.generation()));
