@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use axum::body::{Body, HttpBody};
+use axum::http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use axum::http::{HeaderValue, Request, Response, StatusCode, Version};
 
 use crate::settings::{Limits, SettingsStore};
@@ -178,7 +178,10 @@ impl Drop for Permit {
 /// - a body announced larger than `limits.max_body_bytes` (413), refused before it is read.
 ///
 /// A body without a length is cut where it passes the limit, as it is read.
-pub(crate) fn refuse<B>(request: &Request<B>, max_body_bytes: usize) -> Option<Response<Body>> {
+pub(crate) fn refuse<B: HttpBody>(
+    request: &Request<B>,
+    max_body_bytes: usize,
+) -> Option<Response<Body>> {
     if request.version() == Version::HTTP_11 {
         let mut hosts = request.headers().get_all(HOST).iter();
         if hosts.next().is_none() || hosts.next().is_some() {
@@ -189,12 +192,9 @@ pub(crate) fn refuse<B>(request: &Request<B>, max_body_bytes: usize) -> Option<R
             ));
         }
     }
-    let announced = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    match announced {
+    // hyper has parsed and checked `Content-Length` already, and its body reports the length
+    // as exact: no second look-up and parse of the header.
+    match request.body().size_hint().exact() {
         Some(length) if length > max_body_bytes as u64 => Some(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the request body is larger than the limit of {max_body_bytes} bytes"),
@@ -222,12 +222,20 @@ fn error(status: StatusCode, message: &str, close: bool) -> Response<Body> {
 mod tests {
     use super::*;
 
-    fn request(version: Version, headers: &[(&str, &str)]) -> Request<()> {
-        let mut builder = Request::get("/").version(version);
+    fn request(version: Version, headers: &[(&str, &str)]) -> Request<Body> {
+        with_body(version, headers, 0)
+    }
+
+    /// A request whose body is `length` bytes long, and says so as hyper's does for a
+    /// `Content-Length`.
+    fn with_body(version: Version, headers: &[(&str, &str)], length: usize) -> Request<Body> {
+        let mut builder = Request::post("/").version(version);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        builder.body(()).expect("a valid request")
+        builder
+            .body(Body::from(vec![b'x'; length]))
+            .expect("a valid request")
     }
 
     #[test]
@@ -248,12 +256,13 @@ mod tests {
 
     #[test]
     fn an_announced_body_over_the_limit_is_refused() {
-        let with_length = |length: &str| {
-            let headers = [("host", "a"), ("content-length", length)];
-            refuse(&request(Version::HTTP_11, &headers), 10).map(|r| r.status())
+        let of_length = |version, length| {
+            refuse(&with_body(version, &[("host", "a")], length), 10).map(|r| r.status())
         };
-        assert_eq!(with_length("10"), None);
-        assert_eq!(with_length("11"), Some(StatusCode::PAYLOAD_TOO_LARGE));
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(of_length(version, 10), None);
+            assert_eq!(of_length(version, 11), Some(StatusCode::PAYLOAD_TOO_LARGE));
+        }
     }
 
     #[test]
