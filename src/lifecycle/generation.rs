@@ -3,9 +3,9 @@
 //! the successor's probation, or until the supervisor says), and serve again if the successor
 //! dies meanwhile.
 
+use std::pin::Pin;
 use std::time::Instant;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::carry::{self, Moment};
@@ -19,9 +19,14 @@ use super::upgrade::{self, Handover, LineReader, Successor, SuccessorEvent, Upgr
 use super::{Context, Exit, runfiles, systemd};
 use crate::settings::ReloadOutcome;
 
-/// An upgrade in flight: the task that starts the successor, and how to call it off.
+/// An upgrade in flight: the start of the successor, and how to call it off.
+///
+/// A future polled by this generation's own loop, not a task: the loop runs on the thread
+/// that called `block_on`, while a spawned task waits its turn on the workers behind every
+/// connection that is ready to run. Under 5,000 busy connections that queue held the start
+/// back 250-310 ms, and each wake-up of its readiness pipe as long again.
 struct InFlight {
-    task: JoinHandle<Result<Successor, UpgradeError>>,
+    start: Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + Send>>,
     stop: CancellationToken,
 }
 
@@ -183,12 +188,8 @@ async fn serve(
                     return Served::Shutdown;
                 }
             },
-            joined = async { (&mut in_flight.as_mut().expect("guarded by the branch condition").task).await }, if in_flight.is_some() => {
+            result = async { in_flight.as_mut().expect("guarded by the branch condition").start.as_mut().await }, if in_flight.is_some() => {
                 in_flight = None;
-                let result = joined.unwrap_or_else(|join| Err(UpgradeError::Protocol {
-                    pid: 0,
-                    detail: format!("the upgrade task failed: {join}"),
-                }));
                 match result {
                     Ok(successor) => {
                         let times = &successor.times;
@@ -228,15 +229,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 async fn stop_upgrade(ctx: &Context, upgrade: InFlight) {
     tracing::info!("an upgrade is in flight: stopping the new process first");
     upgrade.stop.cancel();
-    match upgrade.task.await {
+    match upgrade.start.await {
         // Ready at the very moment the shutdown came: it is stopped like the rest.
-        Ok(Ok(successor)) => {
+        Ok(successor) => {
             successor
                 .stop(ctx.settings.current().lifecycle.shutdown_timeout)
                 .await
         }
-        Ok(Err(err)) => tracing::info!(reason = %err, "upgrade abandoned"),
-        Err(err) => tracing::warn!(error = %err, "the upgrade task failed"),
+        Err(err) => tracing::info!(reason = %err, "upgrade abandoned"),
     }
     ctx.process.record_upgrade(
         false,
@@ -298,7 +298,7 @@ fn begin_upgrade(ctx: &Context, server: &Server, in_flight: bool) -> Option<InFl
     };
     tracing::info!(program = %image.program().display(), "upgrade requested");
     let stop = CancellationToken::new();
-    let task = tokio::spawn({
+    let start = Box::pin({
         let stop = stop.clone();
         async move {
             let timeouts = (
@@ -308,7 +308,7 @@ fn begin_upgrade(ctx: &Context, server: &Server, in_flight: bool) -> Option<InFl
             upgrade::start_successor(&image, sockets, handover, timeouts, start_batch, stop).await
         }
     });
-    Some(InFlight { task, stop })
+    Some(InFlight { start, stop })
 }
 
 /// Drains while watching for a reason to serve again: in direct mode the successor, through
