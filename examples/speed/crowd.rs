@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use loadgen::{FailureKind, LoadConfig, Report};
 use tokio::runtime::Runtime;
 
-use crate::handover::upgrade_once;
 use crate::handover::who_answers;
+use crate::handover::{Handover, upgrade_once};
 use crate::host::{ListenCounters, machine_busy, own_cpu, process_tree_cpu, raise_fd_limit};
 use crate::servers::{Baton, Server, start_bare, start_baton, start_nginx};
 use crate::wrk::{Kind, Run, wrk};
@@ -87,6 +87,8 @@ pub(crate) struct UpgradeFigures {
     pub(crate) reconnect_ms: [f64; 3],
     /// Listen-queue overflows in this network namespace during the upgrade.
     pub(crate) listen: Option<ListenCounters>,
+    /// The new process's start, step by step (where a crowd's handover spends its time).
+    pub(crate) handover: Handover,
 }
 
 /// The measured servers of one mode run, in table order.
@@ -325,7 +327,7 @@ fn measure(
         .iter()
         .map(|(handover, listen)| {
             let at = handover.signalled.saturating_duration_since(origin);
-            upgrade_figures(&report, at, handover.served_ms, handover.ready_ms, *listen)
+            upgrade_figures(&report, at, handover, *listen)
         })
         .collect();
     Ok(RunFigures {
@@ -347,10 +349,10 @@ fn measure(
 fn upgrade_figures(
     report: &Report,
     at: Duration,
-    served_ms: f64,
-    ready_ms: f64,
+    handover: &Handover,
     listen: Option<ListenCounters>,
 ) -> UpgradeFigures {
+    let (served_ms, ready_ms) = (handover.served_ms, handover.ready_ms);
     let after = Some(at..at + AFTER);
     let ready = if ready_ms.is_finite() && ready_ms >= 0.0 {
         at + Duration::from_secs_f64(ready_ms / 1000.0)
@@ -385,6 +387,7 @@ fn upgrade_figures(
         reconnects_per_s: reconnects as f64,
         reconnect_ms: reconnect_times(report, at..at + UPGRADE_SPACING),
         listen,
+        handover: handover.clone(),
     }
 }
 

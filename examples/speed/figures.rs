@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use loadgen::FailureKind;
 
 use crate::crowd::{Contender, RunFigures, UpgradeFigures};
+use crate::handover::{Handover, print_steps};
 use crate::host::FdLimit;
 use crate::{Options, median};
 
@@ -254,6 +255,18 @@ pub(crate) fn print_count(count: usize, contenders: &[Contender], runs: &[Vec<Ru
     });
 
     print_targets(count, contenders, runs);
+    for (contender, runs) in contenders.iter().zip(runs) {
+        let handovers: Vec<Handover> = upgrades(runs)
+            .into_iter()
+            .map(|u| u.handover.clone())
+            .collect();
+        if !handovers.is_empty() {
+            print_steps(
+                &format!("{}, under loadgen at {count} connections", contender.name),
+                &handovers,
+            );
+        }
+    }
 }
 
 /// Issue 17's targets for each baton build, against bare axum in the same rounds.
