@@ -71,7 +71,8 @@ pub(crate) struct RunFigures {
 pub(crate) struct UpgradeFigures {
     /// SIGUSR2 until a new connection is answered by the new pid.
     pub(crate) served_ms: f64,
-    /// SIGUSR2 until the new generation was ready (its own `/-/status` figure).
+    /// The upgrade's start (in the old process) until it saw the new generation ready (the
+    /// `/-/status` figure).
     pub(crate) ready_ms: f64,
     /// Of the requests started in the second after SIGUSR2.
     pub(crate) rps_after: f64,

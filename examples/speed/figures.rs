@@ -209,7 +209,7 @@ pub(crate) fn print_count(count: usize, contenders: &[Contender], runs: &[Vec<Ru
         |u| u.served_ms,
     );
     upgrade_row(
-        "SIGUSR2 to the new generation ready (its /-/status), ms",
+        "the upgrade's start to the new generation ready (its /-/status), ms",
         |u| u.ready_ms,
     );
     upgrade_row(
