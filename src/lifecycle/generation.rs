@@ -3,9 +3,11 @@
 //! the successor's probation, or until the supervisor says), and serve again if the successor
 //! dies meanwhile.
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::carry::{self, Moment};
@@ -298,7 +300,7 @@ fn begin_upgrade(ctx: &Context, server: &Server, in_flight: bool) -> Option<InFl
     };
     tracing::info!(program = %image.program().display(), "upgrade requested");
     let stop = CancellationToken::new();
-    let start = Box::pin({
+    let start = {
         let stop = stop.clone();
         async move {
             let timeouts = (
@@ -307,7 +309,18 @@ fn begin_upgrade(ctx: &Context, server: &Server, in_flight: bool) -> Option<InFl
             );
             upgrade::start_successor(&image, sockets, handover, timeouts, start_batch, stop).await
         }
-    });
+    };
+    // A bug in the upgrade must not take down the generation that serves: a panic is an
+    // upgrade that failed, as it was when the start ran as a task of its own.
+    let start = Box::pin(AssertUnwindSafe(start).catch_unwind().map(|outcome| {
+        outcome.unwrap_or_else(|_| {
+            Err(UpgradeError::Protocol {
+                pid: 0,
+                // The panic hook has written the message to the log already.
+                detail: "the upgrade panicked (its message is in the log)".into(),
+            })
+        })
+    }));
     Some(InFlight { start, stop })
 }
 
