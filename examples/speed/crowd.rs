@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 use loadgen::{FailureKind, LoadConfig, Report};
 use tokio::runtime::Runtime;
 
-use crate::handover::who_answers;
-use crate::handover::{Handover, upgrade_once};
+use crate::handover::{Handover, upgrade_once, who_answers};
 use crate::host::{ListenCounters, machine_busy, own_cpu, process_tree_cpu, raise_fd_limit};
 use crate::servers::{Baton, Server, start_bare, start_baton, start_nginx};
 use crate::wrk::{Kind, Run, wrk};
@@ -69,11 +68,9 @@ pub(crate) struct RunFigures {
 /// One upgrade under load.
 #[derive(Debug, Clone)]
 pub(crate) struct UpgradeFigures {
-    /// SIGUSR2 until a new connection is answered by the new pid.
-    pub(crate) served_ms: f64,
-    /// The upgrade's start (in the old process) until it saw the new generation ready (the
-    /// `/-/status` figure).
-    pub(crate) ready_ms: f64,
+    /// The handover as `upgrade_once` measured it: SIGUSR2 until a new connection is answered
+    /// by the new pid, the new generation's own figures, its start step by step.
+    pub(crate) handover: Handover,
     /// Of the requests started in the second after SIGUSR2.
     pub(crate) rps_after: f64,
     pub(crate) p99_after_ms: f64,
@@ -88,8 +85,6 @@ pub(crate) struct UpgradeFigures {
     pub(crate) reconnect_ms: [f64; 3],
     /// Listen-queue overflows in this network namespace during the upgrade.
     pub(crate) listen: Option<ListenCounters>,
-    /// The new process's start, step by step (where a crowd's handover spends its time).
-    pub(crate) handover: Handover,
 }
 
 /// The measured servers of one mode run, in table order.
@@ -353,7 +348,7 @@ fn upgrade_figures(
     handover: &Handover,
     listen: Option<ListenCounters>,
 ) -> UpgradeFigures {
-    let (served_ms, ready_ms) = (handover.served_ms, handover.ready_ms);
+    let ready_ms = handover.ready_ms;
     let after = Some(at..at + AFTER);
     let ready = if ready_ms.is_finite() && ready_ms >= 0.0 {
         at + Duration::from_secs_f64(ready_ms / 1000.0)
@@ -378,8 +373,7 @@ fn upgrade_figures(
             .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
     };
     UpgradeFigures {
-        served_ms,
-        ready_ms,
+        handover: handover.clone(),
         rps_after: report.throughput(after.clone()),
         p99_after_ms: ms(report.quantile(0.99, after.clone())),
         max_after_ms: ms(report.quantile(1.0, after.clone())),
@@ -388,7 +382,6 @@ fn upgrade_figures(
         reconnects_per_s: reconnects as f64,
         reconnect_ms: reconnect_times(report, at..at + UPGRADE_SPACING),
         listen,
-        handover: handover.clone(),
     }
 }
 

@@ -206,11 +206,11 @@ pub(crate) fn print_count(count: usize, contenders: &[Contender], runs: &[Vec<Ru
     };
     upgrade_row(
         "handover: SIGUSR2 to a new connection served by the new pid, ms",
-        |u| u.served_ms,
+        |u| u.handover.served_ms,
     );
     upgrade_row(
         "the upgrade's start to the new generation ready (its /-/status), ms",
-        |u| u.ready_ms,
+        |u| u.handover.ready_ms,
     );
     upgrade_row(
         "req/s of the requests started in the 1 s after SIGUSR2",
@@ -312,7 +312,7 @@ fn print_targets(count: usize, contenders: &[Contender], runs: &[Vec<RunFigures>
         },
     );
     row("handover median ≤ 50 ms", &|r| {
-        let handover = median_max(r, |u| u.served_ms).0;
+        let handover = median_max(r, |u| u.handover.served_ms).0;
         format!("{} ms: {}", num(handover), met(handover <= 50.0))
     });
 }
