@@ -23,8 +23,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=BATON_GIT_COMMIT");
     // `sqlx::migrate!` embeds migrations/; a new file there must rebuild the binary.
     println!("cargo:rerun-if-changed=migrations");
-    // A commit moves the branch ref (loose or packed), not HEAD itself.
+    // A commit moves the branch ref (loose or packed), not HEAD itself. Only the files that
+    // exist: cargo counts a missing one as changed, and would rebuild the crate on every
+    // command (a clone without packed refs, a copy without .git).
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }

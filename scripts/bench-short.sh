@@ -34,9 +34,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# Word splitting is wanted: CARGO_FLAGS may hold several flags.
-# shellcheck disable=SC2086
-cargo build ${CARGO_FLAGS---locked} --release --workspace --examples
+build_release
 
 # The binary directly rather than `cargo run`: it was just built, and it then finds baton and
 # bare_axum next to itself in the same target directory.

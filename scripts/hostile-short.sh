@@ -34,9 +34,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# Word splitting is wanted: CARGO_FLAGS may hold several flags.
-# shellcheck disable=SC2086
-cargo build ${CARGO_FLAGS---locked} --release --bin baton --example hostile
+build_release
 
 target_dir="$(cargo_target_dir)"
 hostile="${target_dir:-target}/release/examples/hostile"

@@ -34,7 +34,7 @@ done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-cargo build --locked --release --bin baton --example bare_axum
+build_release
 target="$(cargo_target_dir)"
 target="${target:-target}"
 [[ "$target" == /* ]] || target="$repo/$target"

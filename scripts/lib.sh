@@ -8,3 +8,13 @@ cargo_target_dir() {
     cargo metadata --format-version 1 --no-deps |
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
 }
+
+# build_release: the release build every script and check uses, always this one command. Which
+# packages and targets a build names decides the features cargo unifies, so two different
+# selections compile the crate twice; with one, the first caller builds and the others find it
+# built. Extra flags come from CARGO_FLAGS (default: --locked).
+build_release() {
+    # Word splitting is wanted: CARGO_FLAGS may hold several flags.
+    # shellcheck disable=SC2086
+    cargo build ${CARGO_FLAGS---locked} --release --workspace --bins --examples
+}

@@ -148,9 +148,11 @@ fi
 
 out="$work/test.out"
 status=0
+# --workspace as the README's `cargo test --workspace`: the same selection reuses that build,
+# where another one would compile the crate and its tests again.
 # Word splitting is wanted: CARGO_FLAGS may hold several flags.
 # shellcheck disable=SC2086
-cargo test ${CARGO_FLAGS---locked} --test database -- postgres "$@" 2>&1 | tee "$out" || status=$?
+cargo test ${CARGO_FLAGS---locked} --workspace --test database -- postgres "$@" 2>&1 | tee "$out" || status=$?
 ((status == 0)) || fail "the database tests failed on PostgreSQL (exit status $status)"
 # A test that found no database would skip itself and pass: that must not count.
 if grep -q "skipped on PostgreSQL" "$out"; then

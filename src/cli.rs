@@ -59,6 +59,8 @@ pub enum Cmd {
         /// if the server would start another file. Default: this command's own executable.
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+        /// How long to wait for the next generation to be ready (its probation is waited for
+        /// after that). It bounds the check of the new build too, which gets 30s at most.
         /// Default: the server's upgrade.ready_timeout plus 10s.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,

@@ -210,7 +210,11 @@ fn https_speaks_http1_and_h2_and_shows_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_under_ten_upgrades_loses_no_request() {
     let ca = Ca::new();
-    let server = start(&ca, &ca.issue(1));
+    // `baton upgrade` waits through each probation, which this test is not about.
+    let mut server = prepare(&ca, &ca.issue(1), |config| {
+        config.probation = "300ms".into()
+    });
+    server.spawn();
     // Keep-alive and a connection per request over HTTP/1.1, and HTTP/2: each with resumed
     // sessions (the default), so the close mode resumes across generations too.
     let loads = [

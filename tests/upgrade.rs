@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use command_fds::{CommandFdExt, FdMapping};
 use loadgen::Mode;
 use nix::sys::signal::Signal;
 use support::{
-    BATON, Config, DEADLINE, Fds, Server, children_of, eventually, exited, free_port,
+    BATON, Config, DEADLINE, Fds, InFlight, Server, children_of, eventually, exited, free_port,
     parse_upgraded, start_load, stop_load, wait_for, wait_until, zombie_children,
 };
 
@@ -39,11 +39,19 @@ fn wait_generation(server: &Server, pid: u32, generation: u64) {
 /// Ten `baton upgrade`s in a row under `mode` load, each with an 8 s request in flight on the
 /// generation it replaces. The request must outlast the upgrade, or it would end before the
 /// drain and prove nothing: with 2 s, upgrades that took 2.5 s on a loaded machine (the CLI's
-/// pre-check included) made it fail.
+/// pre-check included) made it fail. The next upgrade does not wait for it: two replaced
+/// generations drain at once, as on a service upgraded more often than its longest request
+/// lasts, and as many as `upgrade.max_draining` (2 by default) lets drain in full.
 async fn ten_upgrades_under_load(mode: Mode) {
-    let server = Server::start(&Config::default());
+    const DRAINING_AT_MOST: usize = 2;
+    // `baton upgrade` waits through the probation, which is not what this test is about.
+    let server = Server::start(&Config {
+        probation: "300ms".into(),
+        ..Config::default()
+    });
     let load = start_load(server.http, mode, 16);
     let version = server.hello().version;
+    let mut draining = VecDeque::new();
     for generation in 1..=10 {
         let old = server.current_pid();
         let slow = server.in_flight(old, "/api/slow?ms=8000");
@@ -60,17 +68,15 @@ async fn ten_upgrades_under_load(mode: Mode) {
         assert_eq!(server.current_pid(), new);
         wait_generation(&server, new, generation + 1);
 
-        let (response, took) = slow.finish();
-        let response = response.expect("the slow request survives the upgrade");
-        assert_eq!(response.status, 200, "{response:?}");
-        assert!(took >= Duration::from_millis(7900), "{took:?}");
-        assert!(response.closes(), "served during the drain: {response:?}");
-        server.wait_gone(old);
-        assert_eq!(
-            server.exit_status(old),
-            Some(exited(old, 0)),
-            "a replaced generation exits 0"
-        );
+        draining.push_back((old, slow));
+        if draining.len() == DRAINING_AT_MOST
+            && let Some((old, slow)) = draining.pop_front()
+        {
+            drained(&server, old, slow);
+        }
+    }
+    for (old, slow) in draining {
+        drained(&server, old, slow);
     }
     let report = stop_load(load).await;
     assert_eq!(report.failed(), 0, "{report}");
@@ -79,6 +85,22 @@ async fn ten_upgrades_under_load(mode: Mode) {
         server.processes_here(),
         [current],
         "no process is left behind"
+    );
+}
+
+/// The replaced generation `old` answered its slow request in full, during its drain, and
+/// exited 0.
+fn drained(server: &Server, old: u32, slow: InFlight) {
+    let (response, took) = slow.finish();
+    let response = response.expect("the slow request survives the upgrade");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(took >= Duration::from_millis(7900), "{took:?}");
+    assert!(response.closes(), "served during the drain: {response:?}");
+    server.wait_gone(old);
+    assert_eq!(
+        server.exit_status(old),
+        Some(exited(old, 0)),
+        "a replaced generation exits 0"
     );
 }
 
@@ -227,10 +249,10 @@ async fn failed_upgrade_changes_nothing(case: Broken, via_cli: bool) {
 
     if via_cli {
         // `baton upgrade --binary bin/baton` run by the good build: its pre-check runs
-        // `bin/baton check`, the bad one, for 30 s at most.
+        // `bin/baton check`, the bad one, for 30 s at most, and no longer than `--timeout`.
         let out = server.run_baton_within(
-            &["upgrade", "--binary", "bin/baton"],
-            Duration::from_secs(45),
+            &["upgrade", "--binary", "bin/baton", "--timeout", "8s"],
+            Duration::from_secs(25),
         );
         eprintln!("{case:?}: baton upgrade:\n{out}");
         assert_eq!(out.code, Some(1), "{case:?}: baton upgrade:\n{out}");
@@ -330,8 +352,8 @@ failed_upgrade_tests! {
     failed_upgrade_binary_exits_1: Broken::ExitsOne, via_cli: true;
     failed_upgrade_binary_crashes_after_getting_the_sockets: Broken::Crashes, via_cli: true;
     failed_upgrade_binary_hangs_past_ready_timeout: Broken::Hangs, via_cli: false;
-    /// The clients give up on a build that hangs: `baton upgrade` after its 30 s pre-check
-    /// bound, restart.sh after BATON_STATUS_TIMEOUT (10 s in the harness).
+    /// The clients give up on a build that hangs: `baton upgrade` after its `--timeout` (8 s
+    /// here), restart.sh after BATON_STATUS_TIMEOUT (10 s in the harness).
     failed_upgrade_binary_hangs_cli_and_restart_sh_give_up: Broken::Hangs, via_cli: true;
     failed_upgrade_binary_missing: Broken::Missing, via_cli: true;
     failed_upgrade_binary_not_executable: Broken::NotExecutable, via_cli: true;
@@ -515,7 +537,11 @@ fn idle_fds(pid: u32) -> Fds {
 
 #[test]
 fn twenty_upgrades_leak_no_file_descriptor() {
-    let server = Server::start(&Config::default());
+    // Each replaced generation stands by through its successor's probation: a short one.
+    let server = Server::start(&Config {
+        probation: "300ms".into(),
+        ..Config::default()
+    });
     let fresh = idle_fds(server.first_pid());
     for _ in 0..20 {
         let (old, _) = server.upgrade();

@@ -9,6 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::pidfile::{self, PidFileError, proc_stat, state_path};
+use super::precheck::PRECHECK_TIMEOUT;
 use super::record::{ReloadSummary, ServerRecord, SupervisorRecord, UpgradeBook};
 use super::supervisor_path;
 use super::trust::{self, NotOurs};
@@ -286,7 +287,8 @@ pub fn upgrade(
         .record
         .clone()
         .ok_or(ControlError::NoWorker { pid: located.pid })?;
-    super::precheck::precheck(located.pid, &record, binary)?;
+    let precheck_limit = timeout.map_or(PRECHECK_TIMEOUT, |t| t.min(PRECHECK_TIMEOUT));
+    super::precheck::precheck(located.pid, &record, binary, precheck_limit)?;
     let outcome = Outcome::new(pid_file, &located, &record);
     let timeout = timeout
         .unwrap_or(Duration::from_millis(outcome.book.ready_timeout_ms) + Duration::from_secs(10));

@@ -9,8 +9,9 @@ use std::time::Duration;
 use super::control::{ControlError, wait_for};
 use super::record::ServerRecord;
 
-/// `baton check` reads a few small files; far longer means the new build is broken.
-const PRECHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// `baton check` reads a few small files; far longer means the new build is broken. A shorter
+/// `baton upgrade --timeout` bounds it too.
+pub(super) const PRECHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// What `check` says on stderr is shown to the user; a build that says more is cut short.
 const PRECHECK_STDERR_MAX: u64 = 64 * 1024;
 /// After `check` exited, how long its stderr may take to reach end of file (a process it
@@ -26,6 +27,7 @@ pub(super) fn precheck(
     pid: u32,
     record: &ServerRecord,
     binary: Option<&Path>,
+    limit: Duration,
 ) -> Result<(), ControlError> {
     let (given, origin) = match binary {
         Some(path) => (path.to_owned(), "given by --binary"),
@@ -65,7 +67,7 @@ pub(super) fn precheck(
     // `--config-dir` from the state file is safe to pass: it only tells `check` where to read
     // configuration files (baton reads `default.toml` and `<BATON_ENV>.toml` there and runs
     // nothing); the worst a forged one can do is fail the check, or show its author's TOML.
-    run_check(&checked, &record.cwd.join(&record.config_dir))
+    run_check(&checked, &record.cwd.join(&record.config_dir), limit)
 }
 
 /// Why a build cannot be run, and what to do.
@@ -78,9 +80,9 @@ fn cannot_run(err: &std::io::Error) -> String {
     format!("{what} ({err})")
 }
 
-/// Runs `<program> --config-dir <dir> check`. Bounded: a new build that hangs is a failed
-/// check, not a hung client.
-fn run_check(program: &Path, config_dir: &Path) -> Result<(), ControlError> {
+/// Runs `<program> --config-dir <dir> check` for `limit` at most: a new build that hangs is a
+/// failed check, not a hung client.
+fn run_check(program: &Path, config_dir: &Path, limit: Duration) -> Result<(), ControlError> {
     let shown = program.display();
     let mut child = Command::new(program)
         .arg("--config-dir")
@@ -110,7 +112,7 @@ fn run_check(program: &Path, config_dir: &Path) -> Result<(), ControlError> {
         rx
     });
     let status = wait_for(
-        PRECHECK_TIMEOUT,
+        limit,
         "`check` of the new binary",
         program,
         || match child.try_wait() {
@@ -127,8 +129,8 @@ fn run_check(program: &Path, config_dir: &Path) -> Result<(), ControlError> {
             let _ = child.kill();
             let _ = child.wait();
             return Err(ControlError::UpgradeFailed(format!(
-                "`{shown} check` did not finish within {PRECHECK_TIMEOUT:?}; the new build \
-                 looks broken, nothing was changed"
+                "`{shown} check` did not finish within {limit:?}; the new build looks \
+                 broken, nothing was changed"
             )));
         }
         Err(err) => return Err(err),

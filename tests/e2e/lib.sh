@@ -19,7 +19,7 @@ say() {
 # build_release_baton: builds the release binary and sets `release_bin` to it.
 build_release_baton() {
     say "building the release binary"
-    (cd "${repo:?}" && cargo build --release --locked --bin baton)
+    (cd "${repo:?}" && build_release)
     release_bin="$(cd "$repo" && cargo_target_dir)/release/baton"
     [[ -x "$release_bin" ]] || die "cannot find the release binary at $release_bin"
 }
