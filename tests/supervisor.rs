@@ -78,7 +78,12 @@ fn start_and_kill_the_worker(delay_s: u32) -> (Server, Worker) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_upgrades_under_load_keep_the_supervisor_pid_and_lose_no_request() {
-    let sup = start("hello");
+    // A short probation: upgrades come faster than drains end, so each old worker's final
+    // counts reach a successor that still drains, and must be carried on from there.
+    let sup = Server::start_supervised(&Config {
+        probation: "300ms".into(),
+        ..config("hello")
+    });
     let supervisor = sup.supervisor_pid();
     let first = sup.wait_for_worker("the first worker", |_| true);
     assert_eq!(sup.hello().pid, first.pid);

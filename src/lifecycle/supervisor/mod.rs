@@ -131,6 +131,8 @@ struct Supervisor {
     orders: HashMap<u32, std::io::PipeWriter>,
     /// Where each live worker reads its predecessor's state, relayed by the supervisor.
     inboxes: HashMap<u32, std::io::PipeWriter>,
+    /// The worker that took over from each old one: where the old one's final batch goes.
+    successors: HashMap<u32, u32>,
     /// Lines the ready workers write on their readiness pipes (their state), by pid.
     relay: tokio::sync::mpsc::UnboundedSender<(u32, String)>,
     /// Old workers told to drain, still running.
@@ -179,6 +181,7 @@ pub async fn run(
         standby: None,
         orders: HashMap::new(),
         inboxes: HashMap::new(),
+        successors: HashMap::new(),
         relay,
         draining: Vec::new(),
         dying: Vec::new(),

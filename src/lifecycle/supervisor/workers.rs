@@ -102,17 +102,26 @@ impl Supervisor {
 
     /// Passes a worker's state line on. The current worker's lines are its start batch, for
     /// the worker starting; any other worker's are the final batch of one that drained, for
-    /// the current one, which took over from it. Not simply to the newest worker: a final batch
-    /// that reaches us after the next upgrade began would then go to the starting worker,
-    /// beside the current one's start batch, and as each report is cumulative (the larger
-    /// wins), the drain's requests would be lost.
+    /// the worker that took over from it while that one runs, else for the current one.
+    ///
+    /// Each report is cumulative and the larger wins, so counts add up only along the chain
+    /// of successors: a final batch must reach the worker whose own final batch will carry it
+    /// on. Sent to the current worker while its predecessor still drains (upgrades faster
+    /// than drains), it would lose to what that predecessor handed over, and the drain's
+    /// requests would not be counted; sent to a starting worker, it would lose to the current
+    /// one's start batch.
     pub(super) fn relay_state(&mut self, from: u32, line: &str) {
         if carry::parse_state(line).is_none() && line != carry::END_WORD {
             return;
         }
+        let successor = self
+            .successors
+            .get(&from)
+            .copied()
+            .filter(|pid| self.inboxes.contains_key(pid));
         let to = match (&self.pending, self.current) {
             (Some(pending), Some(current)) if current.pid == from => pending.worker.pid,
-            (_, Some(current)) if current.pid != from => current.pid,
+            (_, Some(current)) if current.pid != from => successor.unwrap_or(current.pid),
             // No current worker (it died; one is being started): the one starting.
             (Some(pending), None) if pending.worker.pid != from => pending.worker.pid,
             _ => return,
@@ -139,6 +148,7 @@ impl Supervisor {
             "worker ready"
         );
         if let Some(old) = self.current.replace(worker) {
+            self.successors.insert(old.pid, worker.pid);
             // Only now, with the new worker accepting, is the old one told to drain; it
             // stands by through the new one's probation, ready to serve again.
             let probation = self.settings.upgrade.probation;
@@ -263,6 +273,7 @@ impl Supervisor {
         );
         tracing::error!(%reason, pid = standby.worker.pid, "the previous worker serves again");
         self.order(standby.worker.pid, "resume");
+        self.successors.remove(&standby.worker.pid);
         self.current = Some(standby.worker);
         self.records.record_rollback(dead, reason);
         self.publish();
@@ -282,6 +293,7 @@ impl Supervisor {
             let pid = u32::try_from(pid.as_raw()).unwrap_or(0);
             self.orders.remove(&pid);
             self.inboxes.remove(&pid);
+            self.successors.remove(&pid);
             if self.current.is_some_and(|w| w.pid == pid)
                 && !self.stopping
                 && let Some(standby) = self.standby.take()
