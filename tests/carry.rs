@@ -65,7 +65,12 @@ const ITEMS: &str = "baton_request_duration_seconds_count{route=\"/api/items\",c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_counted_once_across_five_upgrades_under_load() {
-    let server = Server::start(&Config::default());
+    // A short probation: the next upgrade comes while the previous generation still drains,
+    // so a final report reaches a successor that drains in turn, and must be carried on.
+    let server = Server::start(&Config {
+        probation: "300ms".into(),
+        ..Config::default()
+    });
     let load = start_load_on(server.http, "/api/items", Mode::KeepAlive, 8);
 
     let mut olds = Vec::new();
