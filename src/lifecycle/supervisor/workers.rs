@@ -91,12 +91,17 @@ impl Supervisor {
     fn forward_lines(&self, pid: u32, mut lines: LineReader) {
         let relay = self.relay.clone();
         tokio::spawn(async move {
-            // Ends at end of file: the worker has exited.
+            // Ends at end of file: the worker has exited. The empty line then says so, after
+            // its last state line (its exit may be reaped before those are relayed).
             while let Ok(line) = lines.line().await {
-                if line.is_empty() || relay.send((pid, line)).is_err() {
+                if line.is_empty() {
+                    break;
+                }
+                if relay.send((pid, line)).is_err() {
                     return;
                 }
             }
+            let _ = relay.send((pid, String::new()));
         });
     }
 
@@ -111,6 +116,11 @@ impl Supervisor {
     /// requests would not be counted; sent to a starting worker, it would lose to the current
     /// one's start batch.
     pub(super) fn relay_state(&mut self, from: u32, line: &str) {
+        if line.is_empty() {
+            // `from` has exited and all it wrote is relayed.
+            self.successors.remove(&from);
+            return;
+        }
         if carry::parse_state(line).is_none() && line != carry::END_WORD {
             return;
         }
@@ -293,7 +303,6 @@ impl Supervisor {
             let pid = u32::try_from(pid.as_raw()).unwrap_or(0);
             self.orders.remove(&pid);
             self.inboxes.remove(&pid);
-            self.successors.remove(&pid);
             if self.current.is_some_and(|w| w.pid == pid)
                 && !self.stopping
                 && let Some(standby) = self.standby.take()
