@@ -112,3 +112,32 @@ async fn every_request_is_counted_once_across_five_upgrades_under_load() {
     let drained: f64 = server.metric("baton_drain_duration_seconds_sum");
     assert!(drained > 0.0, "{drained}");
 }
+
+/// `GET /api/slow` as `/metrics` counts it.
+const SLOW: &str = "baton_request_duration_seconds_count{route=\"/api/slow\",class=\"2xx\"}";
+
+/// The first generation drains a slow request while the second is upgraded in turn and has
+/// nothing to drain: the second must not hand its counts over before the first one's final
+/// report has reached it, or what the first answered during its drain is lost.
+#[test]
+fn a_drain_that_outlasts_the_next_generations_is_counted() {
+    let server = Server::start(&Config {
+        probation: "300ms".into(),
+        ..Config::default()
+    });
+    let first = server.current_pid();
+    let slow = server.in_flight(first, "/api/slow?ms=3000");
+    let (_, second) = server.upgrade();
+    let (from, third) = server.upgrade();
+    assert_eq!(from, second);
+    let (response, _) = slow.finish();
+    assert_eq!(response.expect("the slow request").status, 200);
+    server.wait_gone(first);
+    server.wait_gone(second);
+    assert_eq!(server.current_pid(), third);
+    wait_until(
+        DEADLINE,
+        "the slow request to be counted by the third generation",
+        || server.try_metric(SLOW) == Some(1.0),
+    );
+}

@@ -9,6 +9,8 @@
 //!   previous keys.
 //! - **final**: when the old generation has drained, just before it exits; the new process
 //!   receives it while serving ([`Carry::import`]), e.g. the requests served during the drain.
+//!   Reports are cumulative (the larger wins), so a generation's final batch must include its
+//!   predecessor's: in direct mode it waits for that one first (`wait_predecessor_final`).
 //!
 //! Direct mode: a pipe from the parent to the child (`BATON_UPGRADE_STATE_FD`). Supervised
 //! mode: each worker writes on its readiness pipe, and the supervisor relays the lines to the

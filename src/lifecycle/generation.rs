@@ -396,6 +396,7 @@ async fn standby(
             }
         }
         if drained && watching.is_none() {
+            super::wait_predecessor_final(ctx, commands).await;
             // Everything this generation will ever count is counted now.
             let mut items = export(ctx, Moment::Final);
             items.push(super::lineage::export(&ctx.process));
@@ -534,7 +535,7 @@ fn exit_now(ctx: &Context) -> ! {
     std::process::exit(1);
 }
 
-fn refuse_draining(ctx: &Context) {
+pub(super) fn refuse_draining(ctx: &Context) {
     let reason =
         "this process is draining (replaced or shutting down); signal the current pid".to_owned();
     tracing::warn!(%reason, "upgrade refused");

@@ -198,6 +198,8 @@ struct Context {
     /// When the previous generation stops standing by.
     probation_until: Option<SystemTime>,
     carry: Option<Arc<dyn Carry>>,
+    /// True once the previous generation's final batch is in (see `wait_predecessor_final`).
+    predecessor_final: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves until shutdown or a successful upgrade, then drains. Failures before the process
@@ -234,6 +236,7 @@ pub async fn run(
         })
         .collect();
     let role = Role::of(startup);
+    let (final_in, predecessor_final) = tokio::sync::watch::channel(false);
     let ctx = Context {
         settings,
         telemetry,
@@ -244,6 +247,7 @@ pub async fn run(
         previous: runfiles::previous_generation(role.parent()),
         probation_until: startup.probation.map(|p| SystemTime::now() + p),
         carry: routers.carry.clone(),
+        predecessor_final,
     };
     // Before "ready" and before the first connection: the parent may be gone a millisecond
     // after "ready", and the run files must name a live server by then. A process that cannot
@@ -266,7 +270,13 @@ pub async fn run(
         tracing::warn!(error = %err, "could not tell the previous generation we are ready");
         ParentLink::default()
     });
-    import_final_state(&mut startup.inherited, &ctx.process, ctx.carry.clone());
+    import_final_state(
+        &mut startup.inherited,
+        &ctx.process,
+        ctx.carry.clone(),
+        final_in,
+        ctx.role.is_worker(),
+    );
     let steps = startup.steps();
     tracing::info!(
         pid = ctx.process.pid(),
@@ -285,13 +295,21 @@ pub async fn run(
 }
 
 /// Hands the previous generation's final batch, when it comes, to the application; its
-/// lineage entry (see `lineage`) is the lifecycle's own.
+/// lineage entry (see `lineage`) is the lifecycle's own. `final_in` says when it is all in:
+/// at end of file, when the previous generation has exited. A worker's pipe is its
+/// supervisor's, which keeps it open, and it is not waited for (see `relay_state`).
 fn import_final_state(
     inherited: &mut Inherited,
     process: &ProcessState,
     carry: Option<Arc<dyn Carry>>,
+    final_in: tokio::sync::watch::Sender<bool>,
+    worker: bool,
 ) {
+    if worker {
+        final_in.send_replace(true);
+    }
     let Some((fd, leftover)) = inherited.rest.take() else {
+        final_in.send_replace(true);
         return;
     };
     let process = process.clone();
@@ -299,6 +317,7 @@ fn import_final_state(
         Ok(lines) => lines,
         Err(err) => {
             tracing::warn!(error = %err, "cannot read the previous generation's final state");
+            final_in.send_replace(true);
             return;
         }
     };
@@ -306,7 +325,7 @@ fn import_final_state(
         // Ends at end of file: the previous generation has exited (or its supervisor has).
         while let Ok(line) = lines.line().await {
             if line.is_empty() {
-                return;
+                break;
             }
             match carry::parse_state(&line) {
                 Some((kind, payload)) if kind == lineage::LINEAGE => {
@@ -320,7 +339,41 @@ fn import_final_state(
                 None => {}
             }
         }
+        final_in.send_replace(true);
     });
+}
+
+/// Waits until the previous generation's final batch is in, before this one hands its own
+/// on: each report is cumulative and the larger wins, so the counts the previous generation
+/// answered while it drained reach the next ones only through ours. It only waits when the
+/// previous generation drains longer than this one (a slow request, then two upgrades in a
+/// row), and no longer than `lifecycle.shutdown_timeout`, which ends that drain anyway, or
+/// until a shutdown signal.
+async fn wait_predecessor_final(ctx: &Context, commands: &mut Commands) {
+    let mut final_in = ctx.predecessor_final.clone();
+    if *final_in.borrow() {
+        return;
+    }
+    tracing::info!(
+        "drained; waiting for the previous generation's drain to end, to hand its counts on with ours"
+    );
+    let deadline = tokio::time::sleep(ctx.settings.current().lifecycle.shutdown_timeout);
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        tokio::select! {
+            // An error: the reader is gone, there is nothing more to wait for.
+            _ = final_in.wait_for(|done| *done) => return,
+            () = &mut deadline => {
+                tracing::warn!("the previous generation's final counts did not come; handing over without them");
+                return;
+            }
+            command = commands.next() => match command {
+                Some(Command::Shutdown) | None => return,
+                Some(Command::Upgrade) => generation::refuse_draining(ctx),
+                Some(Command::Reload) => tracing::info!("reload ignored: this process is draining"),
+            },
+        }
+    }
 }
 
 /// Whether `baton serve` should run the supervisor: when asked (`--supervise`,

@@ -114,7 +114,10 @@ impl Supervisor {
     /// on. Sent to the current worker while its predecessor still drains (upgrades faster
     /// than drains), it would lose to what that predecessor handed over, and the drain's
     /// requests would not be counted; sent to a starting worker, it would lose to the current
-    /// one's start batch.
+    /// one's start batch. Left open: a successor that drained first has handed over already
+    /// (a worker does not wait for its predecessor's final batch, as a direct-mode generation
+    /// does: nothing tells it when that one is gone), so that batch goes to the current one
+    /// and loses there.
     pub(super) fn relay_state(&mut self, from: u32, line: &str) {
         if line.is_empty() {
             // `from` has exited and all it wrote is relayed.
