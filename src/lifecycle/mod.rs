@@ -361,7 +361,7 @@ async fn wait_predecessor_final(ctx: &Context, commands: &mut Commands) {
     let mut deadline = std::pin::pin!(deadline);
     loop {
         tokio::select! {
-            // An error: the reader is gone, there is nothing more to wait for.
+            // An error: the reading task ended without saying so; nothing more will come.
             _ = final_in.wait_for(|done| *done) => return,
             () = &mut deadline => {
                 tracing::warn!("the previous generation's final counts did not come; handing over without them");
