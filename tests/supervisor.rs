@@ -10,7 +10,8 @@ use loadgen::Mode;
 use nix::sys::signal::Signal;
 use support::{
     BATON, Config, DEADLINE, Hello, POLL, RawConn, Server, Worker, alive, children_of, exited,
-    let_run, parse_supervised_upgrade, proc_info, reaped, start_load, stop_load, zombie_children,
+    let_run, parse_supervised_upgrade, proc_info, reaped, start_load, stop_load, wait_until,
+    zombie_children,
 };
 
 /// Loopback, port 0, short timeouts. The lame duck is what lets a keep-alive client learn
@@ -513,4 +514,44 @@ fn baton_stop_works_while_no_worker_serves() {
     assert_eq!(stop.code, Some(0), "{stop}");
     assert_eq!(stop.stdout.trim(), format!("stopped {supervisor}"));
     sup.wait_exit(DEADLINE);
+}
+
+/// `GET /api/slow` as `/metrics` counts it.
+const SLOW: &str = "baton_request_duration_seconds_count{route=\"/api/slow\",class=\"2xx\"}";
+
+/// `carry.rs`'s `a_drain_that_outlasts_the_next_generations_is_counted`, supervised: the first
+/// worker drains a slow request while the second, which answered the same route, is upgraded
+/// in turn and drains at once. The second must wait for the first one's final report (the
+/// supervisor says when it is all in) before it hands its own on: both reports count the
+/// route in the same bucket (2.5 s to 5 s), and the larger would win over the other.
+#[test]
+fn a_drain_that_outlasts_the_next_workers_is_counted() {
+    let sup = Server::start_supervised(&Config {
+        probation: "300ms".into(),
+        ..config("hello")
+    });
+    let first = sup.wait_for_worker("the first worker", |_| true);
+    let slow = sup.in_flight(first.pid, "/api/slow?ms=4500");
+    let upgrade = |round| {
+        let out = sup.run_baton(&["upgrade", "--timeout", "30s"]);
+        assert_eq!(out.code, Some(0), "upgrade {round}:\n{out}");
+        let (_, new, _) = parse_supervised_upgrade(&out.stdout)
+            .unwrap_or_else(|| panic!("`baton upgrade` output not as documented:\n{out}"));
+        new
+    };
+    let second = upgrade(1);
+    let theirs: Vec<_> = (0..2)
+        .map(|_| sup.in_flight(second, "/api/slow?ms=2600"))
+        .collect();
+    for request in theirs {
+        assert_eq!(request.finish().0.expect("a slow request").status, 200);
+    }
+    upgrade(2);
+    let (response, _) = slow.finish();
+    assert_eq!(response.expect("the first slow request").status, 200);
+    wait_until(
+        DEADLINE,
+        "the three slow requests to be counted by the current worker",
+        || sup.try_metric(SLOW) == Some(3.0),
+    );
 }

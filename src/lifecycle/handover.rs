@@ -47,9 +47,14 @@ pub(crate) const PROBATION_MS: &str = "BATON_UPGRADE_PROBATION_MS";
 /// own pid. A child sends them only to the parent this names: the variable may be left over
 /// from a generation before an older build, which would take them for a broken line.
 pub(crate) const READY_STEPS: &str = "BATON_UPGRADE_READY_STEPS";
+/// Set by a supervisor that writes an `end` line to a worker once its predecessor's final
+/// batch is all in (see `relay_state`). A worker of an older supervisor, which never writes
+/// it, does not wait for one.
+pub(crate) const FINAL_END: &str = "BATON_UPGRADE_FINAL_END";
 /// Every variable of the protocol: removed from the environment handed to a child before the
 /// fresh values are set, so nothing stale crosses two generations.
-pub(crate) const PROTOCOL_VARS: [&str; 12] = [
+pub(crate) const PROTOCOL_VARS: [&str; 13] = [
+    FINAL_END,
     STATE_FD,
     READY_STEPS,
     ORDERS_FD,
@@ -183,6 +188,12 @@ impl Startup {
     /// `true` when this process is a worker started by a supervisor.
     pub fn is_worker(&self) -> bool {
         self.supervisor_pid.is_some()
+    }
+
+    /// Whether the end of the previous generation's final batch will be told: by the end of
+    /// the pipe in direct mode, by an `end` line from a supervisor that writes one.
+    pub(crate) fn final_end_told(&self) -> bool {
+        !self.is_worker() || std::env::var_os(FINAL_END).is_some()
     }
 
     /// Tells the waiting parent (if any) that this process is ready to serve. What is returned

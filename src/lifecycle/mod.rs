@@ -270,12 +270,13 @@ pub async fn run(
         tracing::warn!(error = %err, "could not tell the previous generation we are ready");
         ParentLink::default()
     });
+    let told = startup.final_end_told();
     import_final_state(
         &mut startup.inherited,
         &ctx.process,
         ctx.carry.clone(),
         final_in,
-        ctx.role.is_worker(),
+        told,
     );
     let steps = startup.steps();
     tracing::info!(
@@ -296,16 +297,17 @@ pub async fn run(
 
 /// Hands the previous generation's final batch, when it comes, to the application; its
 /// lineage entry (see `lineage`) is the lifecycle's own. `final_in` says when it is all in:
-/// at end of file, when the previous generation has exited. A worker's pipe is its
-/// supervisor's, which keeps it open, and it is not waited for (see `relay_state`).
+/// at end of file, when the previous generation has exited, or at an `end` line, which a
+/// supervisor writes as it keeps the pipe open (see `relay_state`). Unless nothing will tell
+/// (`told`): then it is not waited for.
 fn import_final_state(
     inherited: &mut Inherited,
     process: &ProcessState,
     carry: Option<Arc<dyn Carry>>,
     final_in: tokio::sync::watch::Sender<bool>,
-    worker: bool,
+    told: bool,
 ) {
-    if worker {
+    if !told {
         final_in.send_replace(true);
     }
     let Some((fd, leftover)) = inherited.rest.take() else {
@@ -326,6 +328,10 @@ fn import_final_state(
         while let Ok(line) = lines.line().await {
             if line.is_empty() {
                 break;
+            }
+            if line == carry::END_WORD {
+                final_in.send_replace(true);
+                continue;
             }
             match carry::parse_state(&line) {
                 Some((kind, payload)) if kind == lineage::LINEAGE => {

@@ -16,9 +16,9 @@ use std::process::Command;
 use tokio::io::AsyncReadExt;
 
 use super::handover::{
-    ExecImage, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, ORDERS_FD, PARENT_PID,
-    PROBATION_MS, PROTOCOL_VARS, READY_FD, READY_STEPS, RELEASE_MESSAGE, ReadyLine, STATE_FD,
-    SUPERVISOR_PID,
+    ExecImage, FINAL_END, FROM_SYSTEMD, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, ORDERS_FD,
+    PARENT_PID, PROBATION_MS, PROTOCOL_VARS, READY_FD, READY_STEPS, RELEASE_MESSAGE, ReadyLine,
+    STATE_FD, SUPERVISOR_PID,
 };
 use super::lineage::HandoverTimes;
 use super::steps::Steps;
@@ -375,7 +375,9 @@ fn prepare(
         command.env(PARENT_PID, parent.to_string());
     }
     if let Some(supervisor) = handover.supervisor_pid {
-        command.env(SUPERVISOR_PID, supervisor.to_string());
+        command
+            .env(SUPERVISOR_PID, supervisor.to_string())
+            .env(FINAL_END, "1");
         // The supervisor is systemd's main process; a worker announcing MAINPID would be
         // taken for the service and left orphaned at the next upgrade.
         command.env_remove("NOTIFY_SOCKET");

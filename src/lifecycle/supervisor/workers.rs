@@ -40,11 +40,13 @@ impl Supervisor {
         let pid = spawned.pid;
         self.orders.insert(pid, spawned.orders);
         let mut inbox = spawned.state;
-        // The current worker hands its state over through us; without one there is none.
+        // The current worker hands its state over through us; without one there is none, and
+        // no final batch to wait for either (the second `end`, see `relay_state`).
         match self.current {
             Some(current) if purpose == Purpose::Upgrade => self.order(current.pid, "export"),
             _ => {
-                let _ = carry::write_batch(&mut inbox, Vec::new(), true);
+                let _ = carry::write_batch(&mut inbox, Vec::new(), true)
+                    .and_then(|()| carry::write_batch(&mut inbox, Vec::new(), true));
             }
         }
         self.inboxes.insert(pid, inbox);
@@ -114,14 +116,15 @@ impl Supervisor {
     /// on. Sent to the current worker while its predecessor still drains (upgrades faster
     /// than drains), it would lose to what that predecessor handed over, and the drain's
     /// requests would not be counted; sent to a starting worker, it would lose to the current
-    /// one's start batch. Left open: a successor that drained first has handed over already
-    /// (a worker does not wait for its predecessor's final batch, as a direct-mode generation
-    /// does: nothing tells it when that one is gone), so that batch goes to the current one
-    /// and loses there.
+    /// one's start batch. So the successor waits for an `end` line, which says its
+    /// predecessor's final batch is all in, before it hands its own on (in direct mode the
+    /// pipe's end of file says it).
     pub(super) fn relay_state(&mut self, from: u32, line: &str) {
         if line.is_empty() {
-            // `from` has exited and all it wrote is relayed.
-            self.successors.remove(&from);
+            // `from` has exited and all it wrote is relayed: its successor may hand over.
+            if let Some(successor) = self.successors.remove(&from) {
+                self.send_end(successor);
+            }
             return;
         }
         if carry::parse_state(line).is_none() && line != carry::END_WORD {
@@ -146,6 +149,15 @@ impl Supervisor {
         }
     }
 
+    /// Tells `pid` that its predecessor's final batch is all in (or that there is none).
+    fn send_end(&mut self, pid: u32) {
+        if let Some(inbox) = self.inboxes.get_mut(&pid)
+            && let Err(err) = carry::write_batch(inbox, Vec::new(), true)
+        {
+            tracing::warn!(pid, error = %err, "could not relay the state to the worker");
+        }
+    }
+
     fn worker_ready(
         &mut self,
         pending: Pending,
@@ -160,7 +172,12 @@ impl Supervisor {
             steps = steps.as_deref(),
             "worker ready"
         );
-        if let Some(old) = self.current.replace(worker) {
+        let old = self.current.replace(worker);
+        if old.is_none() && pending.purpose == Purpose::Upgrade {
+            // Its predecessor died while it started: no final batch will come.
+            self.send_end(worker.pid);
+        }
+        if let Some(old) = old {
             self.successors.insert(old.pid, worker.pid);
             // Only now, with the new worker accepting, is the old one told to drain; it
             // stands by through the new one's probation, ready to serve again.
