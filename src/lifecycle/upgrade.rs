@@ -164,13 +164,17 @@ impl Successor {
             let Some(link) = self.link.as_mut() else {
                 return SuccessorEvent::Exited(exit_description(self.child.wait().await));
             };
+            // The line first: a successor that said it moved on (a shutdown during its
+            // probation) and exited a moment later is no rollback, whichever the wake-up saw
+            // first.
             tokio::select! {
-                status = self.child.wait() => return SuccessorEvent::Exited(exit_description(status)),
+                biased;
                 line = link.line() => match line.as_deref() {
                     Ok(RELEASE_MESSAGE) => return SuccessorEvent::Released,
                     // Closed or garbled: only the process itself is watched from here.
                     _ => self.link = None,
                 },
+                status = self.child.wait() => return SuccessorEvent::Exited(exit_description(status)),
             }
         }
     }
