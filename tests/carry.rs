@@ -6,8 +6,8 @@ mod support;
 
 use loadgen::Mode;
 use support::{
-    Config, DEADLINE, InFlight, Server, holds_connection, let_run, start_load_on, stop_load,
-    wait_until,
+    Config, DEADLINE, InFlight, SLOW_OK, Server, holds_connection, let_run, start_load_on,
+    stop_load, wait_until,
 };
 
 const OK: &str = "baton_requests_total{class=\"2xx\"}";
@@ -113,9 +113,6 @@ async fn every_request_is_counted_once_across_five_upgrades_under_load() {
     assert!(drained > 0.0, "{drained}");
 }
 
-/// `GET /api/slow` as `/metrics` counts it.
-const SLOW: &str = "baton_request_duration_seconds_count{route=\"/api/slow\",class=\"2xx\"}";
-
 /// The first generation drains a slow request while the second is upgraded in turn and has
 /// nothing to drain: the second must not hand its counts over before the first one's final
 /// report has reached it, or what the first answered during its drain is lost.
@@ -138,6 +135,6 @@ fn a_drain_that_outlasts_the_next_generations_is_counted() {
     wait_until(
         DEADLINE,
         "the slow request to be counted by the third generation",
-        || server.try_metric(SLOW) == Some(1.0),
+        || server.try_metric(SLOW_OK) == Some(1.0),
     );
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use loadgen::Mode;
 use nix::sys::signal::Signal;
 use support::{
-    BATON, Config, DEADLINE, Hello, POLL, RawConn, Server, Worker, alive, children_of, exited,
-    let_run, parse_supervised_upgrade, proc_info, reaped, start_load, stop_load, wait_until,
-    zombie_children,
+    BATON, Config, DEADLINE, Hello, POLL, RawConn, SLOW_OK, Server, Worker, alive, children_of,
+    exited, let_run, parse_supervised_upgrade, proc_info, reaped, start_load, stop_load,
+    wait_until, zombie_children,
 };
 
 /// Loopback, port 0, short timeouts. The lame duck is what lets a keep-alive client learn
@@ -516,9 +516,6 @@ fn baton_stop_works_while_no_worker_serves() {
     sup.wait_exit(DEADLINE);
 }
 
-/// `GET /api/slow` as `/metrics` counts it.
-const SLOW: &str = "baton_request_duration_seconds_count{route=\"/api/slow\",class=\"2xx\"}";
-
 /// `carry.rs`'s `a_drain_that_outlasts_the_next_generations_is_counted`, supervised: the first
 /// worker drains a slow request while the second, which answered the same route, is upgraded
 /// in turn and drains at once. The second must wait for the first one's final report (the
@@ -552,6 +549,6 @@ fn a_drain_that_outlasts_the_next_workers_is_counted() {
     wait_until(
         DEADLINE,
         "the three slow requests to be counted by the current worker",
-        || sup.try_metric(SLOW) == Some(3.0),
+        || sup.try_metric(SLOW_OK) == Some(3.0),
     );
 }

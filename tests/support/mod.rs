@@ -95,6 +95,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The binary under test.
 pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+/// `GET /api/slow` answered 200, as `/metrics` counts it.
+pub const SLOW_OK: &str = "baton_request_duration_seconds_count{route=\"/api/slow\",class=\"2xx\"}";
 
 /// Polls `condition` every [`POLL`] until it holds; panics with `what` after `deadline`.
 pub fn wait_until(deadline: Duration, what: &str, condition: impl FnMut() -> bool) {

@@ -41,15 +41,21 @@ impl Supervisor {
         self.orders.insert(pid, spawned.orders);
         let mut inbox = spawned.state;
         // The current worker hands its state over through us; without one there is none, and
-        // no final batch to wait for either (the second `end`, see `relay_state`).
-        match self.current {
-            Some(current) if purpose == Purpose::Upgrade => self.order(current.pid, "export"),
-            _ => {
-                let _ = carry::write_batch(&mut inbox, Vec::new(), true)
-                    .and_then(|()| carry::write_batch(&mut inbox, Vec::new(), true));
+        // no final batch to wait for either.
+        let handing_over = match self.current {
+            Some(current) if purpose == Purpose::Upgrade => {
+                self.order(current.pid, "export");
+                true
             }
-        }
+            _ => {
+                let _ = carry::write_batch(&mut inbox, Vec::new(), true);
+                false
+            }
+        };
         self.inboxes.insert(pid, inbox);
+        if !handing_over {
+            self.send_end(pid);
+        }
         let timeout = self.settings.upgrade.ready_timeout;
         self.pending = Some(Pending {
             worker: Worker {
