@@ -70,6 +70,7 @@ mod record;
 mod runfiles;
 mod serve;
 mod signals;
+mod spawn;
 mod spread;
 mod state;
 mod steps;

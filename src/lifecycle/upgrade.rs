@@ -4,15 +4,12 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::process::Command;
 use tokio::io::AsyncReadExt;
 
 use super::handover::{
@@ -21,6 +18,7 @@ use super::handover::{
     STATE_FD, SUPERVISOR_PID,
 };
 use super::lineage::HandoverTimes;
+use super::spawn::{Launch, Process};
 use super::steps::Steps;
 
 /// Inherited fds start at 3, as in systemd's protocol.
@@ -101,21 +99,17 @@ pub(crate) fn spawn_process(
         source,
     })?;
     let Prepared {
-        mut command,
+        mut launch,
         ready,
         state,
     } = prepare(image, listeners, handover, Some(orders_reader))?;
     // Its own process group: a Ctrl-C in a terminal reaches the supervisor only, which then
     // drains its workers once, rather than every worker seeing a second, fatal, signal.
-    command.process_group(0);
-    let child = command.spawn().map_err(|source| UpgradeError::Spawn {
+    launch.process_group();
+    let pid = launch.spawn().map_err(|source| UpgradeError::Spawn {
         path: image.program.clone(),
         source,
     })?;
-    // The Command holds our copies of the mapped fds, the pipe's write end among them: drop it
-    // now or end-of-file never comes when the child dies.
-    drop(command);
-    let pid = child.id();
     log_started(pid, handover, image);
     Ok(Spawned {
         pid,
@@ -131,7 +125,7 @@ pub(crate) fn spawn_process(
 #[derive(Debug)]
 pub(crate) struct Successor {
     pub(crate) pid: u32,
-    child: tokio::process::Child,
+    child: Process,
     link: Option<LineReader>,
     /// Where this generation's final state goes (see `carry`).
     state: Option<std::io::PipeWriter>,
@@ -202,19 +196,17 @@ pub(crate) async fn start_successor(
     let (ready_timeout, stop_grace) = timeouts;
     let requested = Instant::now();
     let Prepared {
-        command,
+        launch,
         ready,
         mut state,
     } = prepare(image, listeners, handover, None)?;
-    let mut command = tokio::process::Command::from(command);
-    let spawned = command.spawn();
+    let spawned = launch.spawn();
     let spawned_after = requested.elapsed();
-    drop(command);
-    let mut child = spawned.map_err(|source| UpgradeError::Spawn {
+    let pid = spawned.map_err(|source| UpgradeError::Spawn {
         path: image.program.clone(),
         source,
     })?;
-    let pid = child.id().unwrap_or(0);
+    let mut child = Process::new(pid);
     log_started(pid, handover, image);
     // Small, and the child reads it first thing: the pipe's buffer takes it at once.
     if let Err(err) = super::carry::write_batch(&mut state, start_batch, true) {
@@ -279,7 +271,7 @@ async fn last_word(pid: u32, link: &mut LineReader, status: String) -> UpgradeEr
 /// The pipe closed without a word before "ready": usually the child died (its pipe closes as it
 /// exits, before its parent can see the exit), and its exit, a moment later, says how, e.g.
 /// killed by SIGSEGV. A child that closed the pipe and lives on is not waited for long.
-async fn closed_or_exited(pid: u32, child: &mut tokio::process::Child) -> UpgradeError {
+async fn closed_or_exited(pid: u32, child: &mut Process) -> UpgradeError {
     // Longer than `last_word`'s wait: the exit is seen through SIGCHLD and a reaper task, which
     // a loaded machine delays more than bytes already in a pipe.
     let status = match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
@@ -315,7 +307,7 @@ fn check_executable(path: &std::path::Path) -> Result<(), UpgradeError> {
     }
 }
 
-/// The command that starts the next generation, and the read end of its readiness pipe.
+/// The launch that starts the next generation, and our ends of its pipes.
 fn prepare(
     image: &ExecImage,
     listeners: Vec<(String, OwnedFd)>,
@@ -331,87 +323,65 @@ fn prepare(
     };
     let (reader, ready_writer) = pipe()?;
     let (state_reader, state_writer) = pipe()?;
+    let mut launch = Launch::new(&image.program, &image.args, &image.cwd);
     let count = listeners.len();
     let names: Vec<String> = listeners.iter().map(|(name, _)| name.clone()).collect();
-    let mut mappings = Vec::with_capacity(count + 1);
     for (child_fd, (_, parent_fd)) in (FIRST_FD..).zip(listeners) {
-        mappings.push(FdMapping {
-            parent_fd,
-            child_fd,
-        });
+        launch.fd(parent_fd, child_fd);
     }
     let ready_fd = FIRST_FD + i32::try_from(count).unwrap_or(i32::MAX - FIRST_FD);
-    mappings.push(FdMapping {
-        parent_fd: OwnedFd::from(ready_writer),
-        child_fd: ready_fd,
-    });
+    launch.fd(OwnedFd::from(ready_writer), ready_fd);
     let state_fd = ready_fd + 1;
-    mappings.push(FdMapping {
-        parent_fd: OwnedFd::from(state_reader),
-        child_fd: state_fd,
-    });
+    launch.fd(OwnedFd::from(state_reader), state_fd);
     let orders_fd = state_fd + 1;
     let has_orders = orders.is_some();
     if let Some(orders) = orders {
-        mappings.push(FdMapping {
-            parent_fd: OwnedFd::from(orders),
-            child_fd: orders_fd,
-        });
+        launch.fd(OwnedFd::from(orders), orders_fd);
     }
 
-    let mut command = Command::new(&image.program);
-    command
-        .args(&image.args)
-        .current_dir(&image.cwd)
-        .stdin(Stdio::null());
     for var in PROTOCOL_VARS {
-        command.env_remove(var);
+        launch.env_remove(var);
     }
     // No LISTEN_PID: the child's pid is not known before the spawn, and listenfd accepts an
     // absent one (a wrong one would make it silently ignore the sockets).
-    command
-        .env(LISTEN_FDS, count.to_string())
-        .env(LISTEN_FDNAMES, names.join(":"))
-        .env(READY_FD, ready_fd.to_string())
-        .env(STATE_FD, state_fd.to_string())
-        .env(GENERATION, handover.generation.to_string());
+    launch.env(LISTEN_FDS, count.to_string());
+    launch.env(LISTEN_FDNAMES, names.join(":"));
+    launch.env(READY_FD, ready_fd.to_string());
+    launch.env(STATE_FD, state_fd.to_string());
+    launch.env(GENERATION, handover.generation.to_string());
     if let Some(parent) = handover.parent_pid {
-        command.env(PARENT_PID, parent.to_string());
+        launch.env(PARENT_PID, parent.to_string());
     }
     if let Some(supervisor) = handover.supervisor_pid {
-        command
-            .env(SUPERVISOR_PID, supervisor.to_string())
-            .env(FINAL_END, "1");
+        launch.env(SUPERVISOR_PID, supervisor.to_string());
+        launch.env(FINAL_END, "1");
         // The supervisor is systemd's main process; a worker announcing MAINPID would be
         // taken for the service and left orphaned at the next upgrade.
-        command.env_remove("NOTIFY_SOCKET");
+        launch.env_remove("NOTIFY_SOCKET");
     }
     if handover.from_systemd {
-        command.env(FROM_SYSTEMD, "1");
+        launch.env(FROM_SYSTEMD, "1");
     }
     if has_orders {
-        command.env(ORDERS_FD, orders_fd.to_string());
+        launch.env(ORDERS_FD, orders_fd.to_string());
     }
     if let Some(probation) = handover.probation {
-        command.env(PROBATION_MS, probation.as_millis().to_string());
+        launch.env(PROBATION_MS, probation.as_millis().to_string());
     }
     // This process reads the steps on the `ready` line (see `handover`).
-    command.env(READY_STEPS, std::process::id().to_string());
-    // command-fds dup2()s each fd to its number in the child and clears close-on-exec only
-    // there, so nothing else of ours crosses (it also handles an fd already at its target).
-    command
-        .fd_mappings(mappings)
-        .map_err(|e| UpgradeError::Sockets(e.to_string()))?;
+    launch.env(READY_STEPS, std::process::id().to_string());
     Ok(Prepared {
-        command,
+        launch,
         ready: reader,
         state: state_writer,
     })
 }
 
-/// A command ready to start the next generation, with our ends of its pipes.
+/// A launch ready to start the next generation, with our ends of its pipes. The launch holds
+/// our copies of the child's fds, the pipes' other ends among them, until it spawns: then they
+/// close, or end-of-file would never come when the child dies.
 struct Prepared {
-    command: Command,
+    launch: Launch,
     ready: std::io::PipeReader,
     /// The write end of its state pipe (see `carry`).
     state: std::io::PipeWriter,
@@ -527,14 +497,14 @@ pub(crate) fn describe(status: ExitStatus) -> String {
 
 /// SIGTERM first: a child that began accepting just as the deadline passed drains its
 /// connections rather than resetting them. SIGKILL if it is still there after `grace`.
-async fn stop_and_reap(mut child: tokio::process::Child, pid: u32, grace: Duration) {
+async fn stop_and_reap(mut child: Process, pid: u32, grace: Duration) {
     terminate(pid);
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
             tracing::warn!(pid, ?grace, "the next generation ignored SIGTERM: SIGKILL");
             // SIGKILL cannot be ignored: the wait is short.
-            let _ = child.start_kill();
+            child.kill();
             child.wait().await
         }
     };
