@@ -5,8 +5,13 @@
 //!
 //! ```text
 //! cargo build --release --example bare_axum
-//! target/release/examples/bare_axum [ADDR]     # default 127.0.0.1:0
+//! target/release/examples/bare_axum [ADDR] [--nodelay]    # default 127.0.0.1:0
 //! ```
+//!
+//! `--nodelay` sets TCP_NODELAY on each connection, as baton does (nginx and Go's net/http do
+//! too: with Nagle's algorithm a streamed body's or WebSocket's second small write can wait
+//! for the client's delayed ACK). `axum::serve` leaves Nagle on, and on loopback that is
+//! cheaper per request in the kernel, so `speed` measures both (BENCHMARKS.md, issue 16).
 //!
 //! It prints `listening on <addr>` on stdout once it accepts, then serves until it is killed.
 //! The serve future runs inside `tokio::spawn` rather than on the thread that calls `block_on`:
@@ -19,6 +24,7 @@ use std::process::ExitCode;
 
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 
 fn main() -> ExitCode {
     let addr = match std::env::args()
@@ -44,7 +50,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(addr)) {
+    let nodelay = std::env::args().nth(2).as_deref() == Some("--nodelay");
+    match runtime.block_on(serve(addr, nodelay)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("bare_axum: {err}");
@@ -53,11 +60,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(addr: SocketAddr) -> std::io::Result<()> {
+async fn serve(addr: SocketAddr, nodelay: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new().route("/", get(|| async { "Hello" }));
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = if nodelay {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    } else {
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
     // The bench reads this line to learn the port; flush so it does not sit in a pipe buffer.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {local}")?;

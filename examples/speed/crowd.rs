@@ -160,7 +160,7 @@ pub(crate) fn run(options: &Options) -> Result<(), SpeedError> {
         },
         Contender {
             name: "bare axum".into(),
-            server: Served::Bare(start_bare(&bare_program, dir.path())?),
+            server: Served::Bare(start_bare(&bare_program, dir.path(), false)?),
         },
         Contender {
             name: "baton".into(),

@@ -8,15 +8,16 @@
 //! ```
 //!
 //! `wrk` and `nginx` must be on `PATH` (Debian: `apt-get install wrk nginx-light`). It starts the
-//! three servers on loopback in a temporary directory: nginx `return 200` (its own
-//! `worker_processes auto`), `examples/bare_axum` (`axum::serve` hello world) and `baton serve`
-//! with its defaults. Then:
+//! servers on loopback in a temporary directory: nginx `return 200` (its own
+//! `worker_processes auto`), `examples/bare_axum` (`axum::serve` hello world) twice, as
+//! `axum::serve` leaves it and with TCP_NODELAY as baton sets it, and `baton serve` with its
+//! defaults. Then:
 //! 1. **Calibration**: wrk against nginx, the cheapest server here. Its req/s is a lower bound
 //!    of what wrk can send on this machine; a server above 80 % of it is marked client-bound
 //!    (wrk, not the server, may be what limits it), and its ratio is not a result.
 //! 2. **Throughput**: each server in turn, keep-alive and `Connection: close`, in interleaved
 //!    rounds whose order rotates, so a neighbour's burst does not favour one server; the
-//!    medians and baton's ratios to bare axum and nginx.
+//!    medians and the ratios to both bare axums and nginx.
 //! 3. **Handover**: K upgrades (SIGUSR2) idle and K under wrk keep-alive load: from the signal
 //!    until a new connection is answered by the new pid, and the new generation's own figures
 //!    from `/-/status` (request to spawn, request to ready, so spawn to ready).
@@ -165,7 +166,8 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         std::fs::create_dir_all(d).map_err(io("create a temp dir"))?;
     }
     let nginx = start_nginx(&nginx_dir, 4096)?;
-    let bare = start_bare(&bare_program, dir.path())?;
+    let bare = start_bare(&bare_program, dir.path(), false)?;
+    let bare_nodelay = start_bare(&bare_program, dir.path(), true)?;
     let lame_duck = options.lame_duck.as_deref().unwrap_or(LAME_DUCK);
     let baton = start_baton("baton".into(), &baton_program, &baton_dir, lame_duck, "")?;
     let other = match &options.compare {
@@ -183,7 +185,8 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
     // is the least the client can do on this machine.
     let connections = options.connections;
     let mut ceiling = wrk(nginx.addr, Kind::KeepAlive, connections, options.seconds)?.rps;
-    let mut servers = vec![&nginx, &bare, &baton.server];
+    // The order the ratios below count on: nginx, bare axum, bare axum with TCP_NODELAY.
+    let mut servers = vec![&nginx, &bare, &bare_nodelay, &baton.server];
     servers.extend(other.as_ref().map(|b| &b.server));
     let mut rows = Vec::new();
     for kind in [Kind::KeepAlive, Kind::Close] {
@@ -216,11 +219,12 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
                 ""
             };
             rows.push(format!(
-                "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {:.2} | {:.2} |",
+                "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {:.2} | {:.2} | {:.2} |",
                 server.name,
                 rps[index],
                 each.join(", "),
                 rps[index] / rps[1],
+                rps[index] / rps[2],
                 rps[index] / rps[0],
             ));
         }
@@ -231,9 +235,9 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         options.connections, options.seconds, options.rounds
     );
     println!(
-        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | vs bare axum | vs nginx |"
+        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | vs bare axum | vs bare axum, TCP_NODELAY | vs nginx |"
     );
-    println!("| --- | --- | ---: | ---: | --- | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |");
     for row in rows {
         println!("{row}");
     }

@@ -111,19 +111,26 @@ pub(crate) fn start_nginx(dir: &Path, worker_connections: usize) -> Result<Serve
     Ok(server)
 }
 
-pub(crate) fn start_bare(program: &Path, dir: &Path) -> Result<Server, SpeedError> {
+/// bare axum; with `nodelay`, with TCP_NODELAY on its connections as baton sets it.
+pub(crate) fn start_bare(program: &Path, dir: &Path, nodelay: bool) -> Result<Server, SpeedError> {
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let child = Command::new(program)
         .arg(addr.to_string())
+        .args(nodelay.then_some("--nodelay"))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(io("start bare_axum"))?;
+    let name = if nodelay {
+        "bare axum, TCP_NODELAY"
+    } else {
+        "bare axum"
+    };
     let server = Server {
-        name: "bare axum".into(),
+        name: name.into(),
         addr,
         child,
     };
