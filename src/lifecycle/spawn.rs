@@ -6,7 +6,8 @@
 //! connections copies its page tables and marks every page copy-on-write, holding the lock the
 //! workers need to fault a page in. The workers then fault once more on each page they write,
 //! and the child tears its copy down before its `exec` completes. Under 5,000 connections the
-//! spawn alone took ~45 ms of an upgrade (BENCHMARKS.md, issue 17). glibc and musl implement
+//! spawn alone took 17 to 45 ms of an upgrade, depending on the machine (BENCHMARKS.md,
+//! "The successor started by `posix_spawn`"). glibc and musl implement
 //! `posix_spawn` as `clone(CLONE_VM | CLONE_VFORK)`: the child runs in our memory until its
 //! `exec`, so there is nothing to copy, and both report a failed `exec` (a missing binary) as
 //! the call's error, as `Command` does.
