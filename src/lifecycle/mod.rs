@@ -57,6 +57,7 @@ mod carry;
 mod control;
 mod drain;
 mod draining;
+mod drive;
 mod fds;
 mod generation;
 mod handover;

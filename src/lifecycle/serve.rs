@@ -12,8 +12,6 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,12 +32,13 @@ use tower::ServiceExt;
 use super::ADMIN_LISTENER;
 use super::acceptor::{Acceptor, Io, Protocol};
 use super::drain::Draining;
+use super::drive::{Watch, drive};
 use super::fds::{self, ADMIN_CONNECTIONS};
 use super::limits::{self, Cap, CloseReason, ConnLimits, Gate, Permit};
 use super::listeners::Bound;
 use super::spread::Slot;
 use super::state::ProcessState;
-use super::watch::{Activity, Tracked, Verdict, Watchdog, Watched};
+use super::watch::{Activity, Tracked, Watchdog, Watched};
 use crate::settings::SettingsStore;
 
 /// Back-off after an accept error such as EMFILE, so a full fd table does not spin a core.
@@ -463,69 +462,5 @@ async fn serve_http<S: Answers>(io: impl Io, conn: Established, service: S, ctx:
     if let Err(err) = result {
         // One line per misbehaving client would let clients write our logs.
         tracing::debug!(error = %err, "connection ended with an error");
-    }
-}
-
-/// What `drive` needs to keep a connection within its bounds.
-struct Watch<'a> {
-    watchdog: Watchdog,
-    activity: Arc<Activity>,
-    process: &'a ProcessState,
-}
-
-/// Runs a connection to its end, asking it to shut down gracefully once `signal` fires or the
-/// watchdog asks for it, and dropping it when the watchdog says its client is at fault.
-async fn drive<C, S>(
-    conn: C,
-    signal: S,
-    shutdown: impl Fn(std::pin::Pin<&mut C>),
-    mut watch: Watch<'_>,
-) -> hyper::Result<()>
-where
-    C: Future<Output = hyper::Result<()>>,
-    S: Future<Output = ()>,
-{
-    let mut conn = pin!(conn);
-    let mut signal = pin!(signal);
-    let mut signalled = false;
-    let mut shut_down = false;
-    let first = watch.watchdog.next_check(Instant::now());
-    let tick = tokio::time::sleep_until(tokio::time::Instant::from_std(first));
-    let mut tick = pin!(tick);
-    loop {
-        tokio::select! {
-            // The connection first: a request whose bytes have arrived is read (and so
-            // finished, not dropped) before a shutdown that is ready at the same moment.
-            biased;
-            result = conn.as_mut() => return result,
-            () = signal.as_mut(), if !signalled => {
-                signalled = true;
-                watch.watchdog.closing(Instant::now());
-                if !std::mem::replace(&mut shut_down, true) {
-                    shutdown(conn.as_mut());
-                }
-            }
-            () = tick.as_mut() => {
-                let now = Instant::now();
-                match watch.watchdog.check(watch.activity.seen(), now) {
-                    Verdict::Fine => {}
-                    Verdict::Close(reason) => {
-                        tracing::debug!(reason = reason.label(), "closing a connection");
-                        watch.process.limit_counters().record_closed(reason);
-                        watch.watchdog.closing(now);
-                        if !std::mem::replace(&mut shut_down, true) {
-                            shutdown(conn.as_mut());
-                        }
-                    }
-                    Verdict::Cut(reason) => {
-                        tracing::debug!(reason = reason.label(), "cutting a connection");
-                        watch.process.limit_counters().record_closed(reason);
-                        return Ok(());
-                    }
-                }
-                let next = watch.watchdog.next_check(now);
-                tick.as_mut().reset(tokio::time::Instant::from_std(next));
-            }
-        }
     }
 }
