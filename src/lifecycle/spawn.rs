@@ -180,19 +180,16 @@ fn add_chdir(actions: &mut PosixSpawnFileActions, dir: &CString) -> std::io::Res
 /// exits, so that it never lingers as a zombie that still answers `kill(pid, 0)`.
 #[derive(Debug)]
 pub(crate) struct Process {
-    pid: u32,
     status: Option<ExitStatus>,
-    /// Taken only by `drop`.
-    reaper: Option<Reaper>,
+    reaper: Reaper,
 }
 
 impl Process {
     /// Watches `pid`, a child of ours not waited for yet. Needs a tokio runtime.
     pub(crate) fn new(pid: u32) -> Process {
         Process {
-            pid,
             status: None,
-            reaper: Some(Reaper::new(pid)),
+            reaper: Reaper::new(pid),
         }
     }
 
@@ -201,11 +198,7 @@ impl Process {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        let reaper = self
-            .reaper
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("no reaper"))?;
-        let status = reaper.wait().await?;
+        let status = self.reaper.wait().await?;
         self.status = Some(status);
         Ok(status)
     }
@@ -213,23 +206,24 @@ impl Process {
     /// SIGKILL, unless it was reaped (its pid may be another process's by then).
     pub(crate) fn kill(&self) {
         if self.status.is_none() {
-            super::upgrade::send(self.pid, Signal::SIGKILL);
+            super::upgrade::send(self.reaper.pid, Signal::SIGKILL);
         }
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let Some(mut reaper) = self.reaper.take() else {
-            return;
-        };
-        if self.status.is_some() || !matches!(reaper.try_wait(), Ok(None)) {
+        if self.status.is_some() || !matches!(self.reaper.try_wait(), Ok(None)) {
             return;
         }
         // A runtime shutting down drops the task at once, and the reaper with it: nothing is
         // left to do then, since this process is exiting and its children go to their new
         // parent.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut reaper = Reaper {
+                pid: self.reaper.pid,
+                sigchld: self.reaper.sigchld.take(),
+            };
             runtime.spawn(async move {
                 let _ = reaper.wait().await;
             });
@@ -282,6 +276,15 @@ impl Reaper {
 mod tests {
     use super::*;
 
+    /// Kills its child when the test ends, passed or failed, unless it was reaped.
+    struct Killed(Process);
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            self.0.kill();
+        }
+    }
+
     #[tokio::test]
     async fn fds_arrive_at_their_numbers_and_the_status_is_reported() {
         let (reader, writer) = std::io::pipe().expect("pipe");
@@ -294,14 +297,14 @@ mod tests {
         );
         launch.fd(OwnedFd::from(writer), 3);
         launch.fd(OwnedFd::from(writer2), 4);
-        let mut process = Process::new(launch.spawn().expect("spawn"));
-        let status = process.wait().await.expect("wait");
+        let mut process = Killed(Process::new(launch.spawn().expect("spawn")));
+        let status = process.0.wait().await.expect("wait");
         assert_eq!(status.code(), Some(7));
         assert_eq!(std::io::read_to_string(reader).expect("read"), "b\n");
         assert_eq!(std::io::read_to_string(reader2).expect("read"), "a\n");
         // Reaped: waiting again gives the same status, and kill() signals nothing.
-        assert_eq!(process.wait().await.expect("again").code(), Some(7));
-        process.kill();
+        assert_eq!(process.0.wait().await.expect("again").code(), Some(7));
+        process.0.kill();
     }
 
     #[tokio::test]
@@ -319,13 +322,13 @@ mod tests {
         launch.env("BATON_X", "x");
         launch.env_remove("HOME");
         launch.fd(OwnedFd::from(writer), 3);
-        let mut process = Process::new(launch.spawn().expect("spawn"));
+        let mut process = Killed(Process::new(launch.spawn().expect("spawn")));
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(reader), &mut line).expect("read");
         let cwd = dir.path().canonicalize().expect("canonical");
         assert_eq!(line.trim(), format!("x-none-{}", cwd.display()));
-        process.kill();
-        let status = process.wait().await.expect("wait");
+        process.0.kill();
+        let status = process.0.wait().await.expect("wait");
         assert_eq!(status.signal(), Some(nix::libc::SIGKILL));
     }
 

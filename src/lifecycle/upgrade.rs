@@ -272,8 +272,8 @@ async fn last_word(pid: u32, link: &mut LineReader, status: String) -> UpgradeEr
 /// exits, before its parent can see the exit), and its exit, a moment later, says how, e.g.
 /// killed by SIGSEGV. A child that closed the pipe and lives on is not waited for long.
 async fn closed_or_exited(pid: u32, child: &mut Process) -> UpgradeError {
-    // Longer than `last_word`'s wait: the exit is seen through SIGCHLD and a reaper task, which
-    // a loaded machine delays more than bytes already in a pipe.
+    // Longer than `last_word`'s wait: the exit is seen through SIGCHLD, which the runtime's
+    // signal driver delivers, and a loaded machine delays that more than bytes already in a pipe.
     let status = match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
         Ok(status) => exit_description(status),
         Err(_) => "it closed the readiness pipe".to_owned(),
@@ -324,6 +324,11 @@ fn prepare(
     let (reader, ready_writer) = pipe()?;
     let (state_reader, state_writer) = pipe()?;
     let mut launch = Launch::new(&image.program, &image.args, &image.cwd);
+    // The protocol variables this process was started with are not the child's: removed
+    // first, then set to the child's own below.
+    for var in PROTOCOL_VARS {
+        launch.env_remove(var);
+    }
     let count = listeners.len();
     let names: Vec<String> = listeners.iter().map(|(name, _)| name.clone()).collect();
     for (child_fd, (_, parent_fd)) in (FIRST_FD..).zip(listeners) {
@@ -333,14 +338,10 @@ fn prepare(
     launch.fd(OwnedFd::from(ready_writer), ready_fd);
     let state_fd = ready_fd + 1;
     launch.fd(OwnedFd::from(state_reader), state_fd);
-    let orders_fd = state_fd + 1;
-    let has_orders = orders.is_some();
     if let Some(orders) = orders {
+        let orders_fd = state_fd + 1;
         launch.fd(OwnedFd::from(orders), orders_fd);
-    }
-
-    for var in PROTOCOL_VARS {
-        launch.env_remove(var);
+        launch.env(ORDERS_FD, orders_fd.to_string());
     }
     // No LISTEN_PID: the child's pid is not known before the spawn, and listenfd accepts an
     // absent one (a wrong one would make it silently ignore the sockets).
@@ -361,9 +362,6 @@ fn prepare(
     }
     if handover.from_systemd {
         launch.env(FROM_SYSTEMD, "1");
-    }
-    if has_orders {
-        launch.env(ORDERS_FD, orders_fd.to_string());
     }
     if let Some(probation) = handover.probation {
         launch.env(PROBATION_MS, probation.as_millis().to_string());
