@@ -76,9 +76,10 @@ measure() {
     callgrind_control -d "$server_pid" >/dev/null
     kill "$server_pid"
     wait "$server_pid" 2>/dev/null || true
+    # The dump taken after the counters were zeroed: only the 10 s of load. By this run's pid,
+    # so that the files of an earlier run in OUT_DIR are not added in.
+    total="$(callgrind_annotate "$file.$server_pid.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
     server_pid=
-    # The dump taken after the counters were zeroed: only the 10 s of load.
-    total="$(callgrind_annotate "$file".*.1 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
     [[ -n "$total" && "${requests:-0}" -gt 0 ]] || die "$name: no figures (see $work/$name.log)"
     echo "$name $((total / requests))"
 }

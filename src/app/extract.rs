@@ -2,14 +2,13 @@
 //! `Query` and `Path` with their rejections turned into [`AppError`], so a bad body or query
 //! gets the same `{"error": ...}` shape as every other error.
 
-use std::future::Future;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use tokio::task::futures::TaskLocalFuture;
 
 use super::error::AppError;
 use super::state::AppState;
@@ -36,25 +35,54 @@ pub(crate) struct AppPath<T>(pub(crate) T);
 #[derive(Debug, Clone)]
 pub(crate) struct CurrentSettings(pub(crate) Arc<Settings>, pub(crate) u64);
 
-tokio::task_local! {
-    /// The snapshot of the request whose route future is being polled. A task-local rather
-    /// than a request extension: inserting one grew the extension map on every request, 6 % of
-    /// the instructions of `GET /` (BENCHMARKS.md, "Instructions per request").
-    static REQUEST_SETTINGS: CurrentSettings;
+thread_local! {
+    /// The snapshot of the request whose route future this thread is polling, lent by
+    /// [`CurrentSettings::lend`]. A thread-local rather than a request extension: inserting
+    /// one grew the extension map on every request, 6 % of the instructions of `GET /`
+    /// (BENCHMARKS.md, "Instructions per request"). Not tokio's `task_local!`: its scope is a
+    /// future wrapped around the route's, one more layer to move and poll per request, where
+    /// this is lent inside the middleware's own poll.
+    static REQUEST_SETTINGS: RefCell<Option<CurrentSettings>> = const { RefCell::new(None) };
 }
 
 impl CurrentSettings {
-    /// Runs `route` (the future that extracts and handles one request) with this snapshot as
-    /// the request's settings.
-    pub(crate) fn scope<F: Future>(self, route: F) -> TaskLocalFuture<CurrentSettings, F> {
-        REQUEST_SETTINGS.scope(self, route)
+    /// Runs `poll` (one poll of the future that extracts and handles a request) with the
+    /// snapshot in `lent` as the request's settings, and takes it back after, also if `poll`
+    /// panics. Whatever this thread had lent before (a request polling another) is put back.
+    pub(crate) fn lend<R>(lent: &mut Option<CurrentSettings>, poll: impl FnOnce() -> R) -> R {
+        /// Swaps the snapshot back out when dropped.
+        struct Return<'a>(&'a mut Option<CurrentSettings>);
+        impl Drop for Return<'_> {
+            fn drop(&mut self) {
+                swap(self.0);
+            }
+        }
+        fn swap(lent: &mut Option<CurrentSettings>) -> bool {
+            REQUEST_SETTINGS
+                .try_with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut current) => {
+                        std::mem::swap(&mut *current, lent);
+                        true
+                    }
+                    Err(_) => false,
+                })
+                .unwrap_or(false)
+        }
+        // Not lent (the thread is shutting down): the extractor falls back to the store.
+        if !swap(lent) {
+            return poll();
+        }
+        let _return = Return(lent);
+        poll()
     }
 
     fn of(state: &AppState) -> Self {
         REQUEST_SETTINGS
-            .try_with(CurrentSettings::clone)
+            .try_with(|cell| cell.try_borrow().ok().and_then(|lent| lent.clone()))
+            .ok()
+            .flatten()
             // Only on a router built without the middleware (e.g. a user's own test router).
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|| {
                 let (settings, generation) = state.settings().snapshot();
                 CurrentSettings(settings, generation)
             })
@@ -113,7 +141,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use std::sync::Arc;
+
+    use super::{CurrentSettings, REQUEST_SETTINGS, constant_time_eq};
+    use crate::settings::Settings;
+
+    fn lent_generation() -> Option<u64> {
+        REQUEST_SETTINGS.with(|cell| cell.borrow().as_ref().map(|lent| lent.1))
+    }
+
+    #[test]
+    fn a_lent_snapshot_is_seen_inside_only_and_comes_back_also_after_a_panic() {
+        let settings = Arc::new(Settings::default());
+        let mut outer = Some(CurrentSettings(settings.clone(), 1));
+        let mut inner = Some(CurrentSettings(settings, 2));
+        assert_eq!(lent_generation(), None);
+        let seen = CurrentSettings::lend(&mut outer, || {
+            let nested = CurrentSettings::lend(&mut inner, lent_generation);
+            (lent_generation(), nested)
+        });
+        // The inner lend showed its own and put the outer one back.
+        assert_eq!(seen, (Some(1), Some(2)));
+        assert_eq!(lent_generation(), None);
+        assert_eq!(outer.map(|s| s.1), Some(1));
+        assert_eq!(inner.as_ref().map(|s| s.1), Some(2));
+
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            CurrentSettings::lend(&mut inner, || panic!("a handler panicked"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(lent_generation(), None);
+        assert_eq!(inner.map(|s| s.1), Some(2));
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_strings() {

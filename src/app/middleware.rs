@@ -21,9 +21,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
-use tracing::instrument::Instrumented;
 
 use super::access;
 use super::error::AppError;
@@ -83,20 +81,12 @@ impl tower::Service<Request> for Public {
             .then(|| (access::Entry::of(&request, label.path), state.clone()));
         let span = request_span(&request, label.path);
         let in_flight = state.metrics().request_started(label.series);
-        let response = CurrentSettings(settings, generation).scope(router.clone().call(request));
-        #[cfg(feature = "otel")]
-        let response = tracing::Instrument::instrument(response, span.clone());
-        #[cfg(not(feature = "otel"))]
-        let response = tracing::Instrument::instrument(response, span);
         Finishing {
-            response,
+            response: router.clone().call(request),
+            settings: Some(CurrentSettings(settings, generation)),
+            span,
             deadline: Deadline::Unarmed(in_flight.started() + timeout),
-            done: Some(Done {
-                in_flight,
-                access,
-                #[cfg(feature = "otel")]
-                span,
-            }),
+            done: Some(Done { in_flight, access }),
         }
     }
 }
@@ -129,16 +119,20 @@ struct Done {
     /// Dropped unfinished (the client went away): only the in-flight gauge goes down.
     in_flight: InFlight,
     access: Option<(access::Entry, AppState)>,
-    #[cfg(feature = "otel")]
-    span: tracing::Span,
 }
 
 pin_project! {
-    /// The route's future, bounded by the request timeout, then counted and logged.
+    /// The route's future, polled in the request's span with its settings lent to the
+    /// extractors, bounded by the request timeout, then counted and logged. One struct rather
+    /// than `Instrumented` around tokio's `TaskLocalFuture` around the route's future: each
+    /// of those layers moved the whole future once more per request (BENCHMARKS.md,
+    /// "Instructions per request").
     #[derive(Debug)]
     pub struct Finishing<F> {
         #[pin]
-        response: Instrumented<TaskLocalFuture<CurrentSettings, F>>,
+        response: F,
+        settings: Option<CurrentSettings>,
+        span: tracing::Span,
         deadline: Deadline,
         done: Option<Done>,
     }
@@ -173,8 +167,12 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let response = match this.response.as_mut().poll(cx) {
+        let this = self.project();
+        // Also around the access line below, so with `baton::request=debug` it names its
+        // request too.
+        let _entered = this.span.enter();
+        let polled = CurrentSettings::lend(this.settings, || this.response.poll(cx));
+        let response = match polled {
             Poll::Ready(Ok(response)) => response,
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => {
@@ -185,11 +183,8 @@ where
             }
         };
         if let Some(done) = this.done.take() {
-            // Inside the request's span, so with `baton::request=debug` the access line names
-            // its request too.
-            let _entered = this.response.as_ref().get_ref().span().enter();
             #[cfg(feature = "otel")]
-            crate::otel::record_status(&done.span, response.status());
+            crate::otel::record_status(this.span, response.status());
             let took = done.in_flight.finish(response.status());
             if let Some((entry, state)) = done.access {
                 entry.write(&response, took, state.process().generation());

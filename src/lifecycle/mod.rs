@@ -58,6 +58,7 @@ mod control;
 mod drain;
 mod draining;
 mod drive;
+mod exchange;
 mod fds;
 mod generation;
 mod handover;

@@ -16,29 +16,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::header::{CONNECTION, HeaderValue};
-use axum::http::{Request, StatusCode, Version};
+use axum::http::Request;
 use axum::response::Response;
 use futures_util::future::BoxFuture;
-use http_body_util::Limited;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use super::ADMIN_LISTENER;
 use super::acceptor::{Acceptor, Io, Protocol};
 use super::drain::Draining;
 use super::drive::{Watch, drive};
+use super::exchange::Exchange;
 use super::fds::{self, ADMIN_CONNECTIONS};
-use super::limits::{self, Cap, CloseReason, ConnLimits, Gate, Permit};
+use super::limits::{Cap, CloseReason, ConnLimits, Gate, Permit};
 use super::listeners::Bound;
 use super::spread::Slot;
 use super::state::ProcessState;
-use super::watch::{Activity, Tracked, Watchdog, Watched};
+use super::watch::{Activity, Watchdog, Watched};
 use crate::settings::SettingsStore;
 
 /// Back-off after an accept error such as EMFILE, so a full fd table does not spin a core.
@@ -388,42 +385,9 @@ async fn serve_http<S: Answers>(io: impl Io, conn: Established, service: S, ctx:
         slot,
     } = conn;
     let _wire = ctx.process.connection_speaks(http2);
-    let process = ctx.process.clone();
-    let service_activity = activity.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let service = service.clone();
-        let process = process.clone();
-        let (mut in_flight, number) = service_activity.begin();
-        async move {
-            let http1 = request.version() < Version::HTTP_2;
-            let last = number >= limits.requests_per_connection;
-            let mut response = match limits::refuse(&request, limits.max_body_bytes) {
-                Some(refused) => refused,
-                None => {
-                    let limited = |body| Body::new(Limited::new(body, limits.max_body_bytes));
-                    service.oneshot(request.map(limited)).await?
-                }
-            };
-            in_flight.handled();
-            // Checked after the handler ran, so a request that began before the drain also
-            // tells its client to reconnect (to the next generation) after this response, once
-            // the connection's moment in the close window has come (see `spread`). Not
-            // on a protocol switch: that would replace its `Connection: upgrade` and break the
-            // handshake; the long-lived response it starts is told of the drain itself.
-            if http1
-                && (last || (process.is_draining() && process.close_due(slot)))
-                && response.status() != StatusCode::SWITCHING_PROTOCOLS
-            {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-        }
-    });
     let watch = Watch {
         watchdog,
-        activity,
+        activity: activity.clone(),
         process: &ctx.process,
     };
     let result = if http2 {
@@ -434,7 +398,8 @@ async fn serve_http<S: Answers>(io: impl Io, conn: Established, service: S, ctx:
             .max_send_buf_size(limits.h2_max_send_buffer_bytes)
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let exchange = Exchange::http2(service, activity, limits);
+        let conn = builder.serve_connection(TokioIo::new(io), exchange);
         // GOAWAY is graceful by design (the client learns which streams were taken), so
         // HTTP/2 gets it at its moment in the drain's close window rather than at the
         // graceful step.
@@ -446,10 +411,11 @@ async fn serve_http<S: Answers>(io: impl Io, conn: Established, service: S, ctx:
         )
         .await
     } else {
+        let exchange = Exchange::http1(service, activity, limits, &ctx.process, slot);
         let conn = hyper::server::conn::http1::Builder::new()
             // The watchdog bounds request heads, with no timer per request.
             .header_read_timeout(None)
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io), exchange)
             .with_upgrades();
         drive(
             conn,
