@@ -5,6 +5,7 @@
 //! cargo build --release --bin baton --example bare_axum --example speed
 //! target/release/examples/speed [--rounds 3] [--seconds 5] [--connections 50] [--upgrades 10]
 //! target/release/examples/speed --crowd 2000,5000 [--rounds 3] [--seconds 5] [--crowd-upgrades 3]
+//! target/release/examples/speed --handover-only [--upgrades 10] [--compare OTHER_BATON]
 //! ```
 //!
 //! `wrk` and `nginx` must be on `PATH` (Debian: `apt-get install wrk nginx-light`). It starts the
@@ -24,6 +25,9 @@
 //!
 //! Every figure is printed, never asserted: exit 1 only if a request failed (a wrk socket
 //! error or non-2xx, a probe that failed) or a server did not start.
+//!
+//! `--handover-only` runs only step 3's idle upgrades (no wrk, no nginx needed), alternating
+//! with `--compare`'s build if given, and prints the new process's steps.
 //!
 //! `--crowd N,...` runs the many-connections mode instead (see `crowd`): loadgen keep-alive
 //! load of N connections on bare axum and baton (and `--compare`), steady and across upgrades,
@@ -54,7 +58,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use handover::{handovers, print_handovers, print_steps};
+use handover::{Handover, handovers, print_handovers, print_steps};
 use servers::{start_bare, start_baton, start_nginx};
 use wrk::{Kind, Run, wrk};
 
@@ -88,6 +92,10 @@ struct Options {
     /// default (2s) unless given with `--crowd`.
     #[arg(long, value_name = "DURATION")]
     lame_duck: Option<String>,
+    /// Only the idle handovers and the new process's steps (no wrk, no nginx): `--upgrades`
+    /// of them, alternating with `--compare`'s build if given.
+    #[arg(long)]
+    handover_only: bool,
 }
 
 /// Bound on starting a server and on one handover.
@@ -153,6 +161,44 @@ fn programs() -> Result<(PathBuf, PathBuf), SpeedError> {
         }
     }
     Ok((bare_program, baton_program))
+}
+
+/// The idle handovers alone, one build's alternating with the other's when `--compare` is
+/// given, so that a change in the machine's speed hits both alike.
+fn handover_only(options: &Options) -> Result<(), SpeedError> {
+    let (_, baton_program) = programs()?;
+    let dir = tempfile::tempdir().map_err(io("temp dir"))?;
+    let lame_duck = options.lame_duck.as_deref().unwrap_or(LAME_DUCK);
+    let mut builds = vec![(baton_program, dir.path().join("baton"))];
+    builds.extend(
+        options
+            .compare
+            .iter()
+            .map(|program| (program.clone(), dir.path().join("other"))),
+    );
+    let mut started = Vec::new();
+    for (program, build_dir) in &builds {
+        std::fs::create_dir_all(build_dir).map_err(io("create a temp dir"))?;
+        let name = program.display().to_string();
+        started.push(start_baton(name, program, build_dir, lame_duck, "")?);
+    }
+    let mut measured: Vec<Vec<Handover>> = vec![Vec::new(); started.len()];
+    for _ in 0..options.upgrades {
+        for (baton, all) in started.iter().zip(&mut measured) {
+            all.extend(handovers(baton.server.addr, baton.admin, &baton.dir, 1)?);
+        }
+    }
+    println!(
+        "| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (baton, all) in started.iter().zip(&measured) {
+        print_handovers(&format!("idle, {}", baton.server.name), all);
+    }
+    for (baton, all) in started.iter().zip(&measured) {
+        print_steps(&format!("idle, {}", baton.server.name), all);
+    }
+    Ok(())
 }
 
 /// baton vs bare axum vs nginx under wrk, then the handovers idle and under wrk.
@@ -277,6 +323,15 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
 
 fn main() -> ExitCode {
     let options = Options::parse();
+    if options.handover_only {
+        return match handover_only(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("speed: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if !options.crowd.is_empty() {
         // Every figure of this mode is a result, a failed request included: only a broken run
         // (a server that does not start, an upgrade that never completes) is an error.

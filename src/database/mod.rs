@@ -99,10 +99,16 @@ impl Db {
         let backend = Backend::of(&settings.url)?;
         let shared = Arc::new(Shared::default());
         let (options, statements) = recipe(settings, backend, Create::IfMissing)?;
-        let applied = on_one_connection(settings, &options, &statements, async |conn| {
-            prepare_file(conn, backend).await?;
-            migrations.apply(backend, conn).await
-        })
+        let applied = on_one_connection(
+            Closing::InBackground,
+            settings,
+            &options,
+            &statements,
+            async |conn| {
+                prepare_file(conn, backend).await?;
+                migrations.apply(backend, conn).await
+            },
+        )
         .await?;
         for migration in &applied {
             tracing::info!(%migration, backend = backend.name(), "migration applied");
@@ -237,20 +243,37 @@ pub async fn migrate(
         Create::Never
     };
     let (options, statements) = recipe(settings, backend, create)?;
-    on_one_connection(settings, &options, &statements, async |conn| {
-        if apply {
-            prepare_file(conn, backend).await?;
-            migrations.apply(backend, conn).await
-        } else {
-            migrations.pending(backend, conn).await
-        }
-    })
+    on_one_connection(
+        Closing::Awaited,
+        settings,
+        &options,
+        &statements,
+        async |conn| {
+            if apply {
+                prepare_file(conn, backend).await?;
+                migrations.apply(backend, conn).await
+            } else {
+                migrations.pending(backend, conn).await
+            }
+        },
+    )
     .await
+}
+
+/// How [`on_one_connection`] closes its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Before it returns: a command that exits next must not cut the connection mid-close.
+    Awaited,
+    /// In a task of its own: one more round trip (and for SQLite, the end of the connection's
+    /// thread) that a start does not need to finish before it is ready.
+    InBackground,
 }
 
 /// Runs `work` on one connection of its own (migrations run before any pool exists, and
 /// must not hold a pooled connection), and closes it whatever `work` returned.
 async fn on_one_connection<T>(
+    closing: Closing,
     settings: &settings::Database,
     options: &AnyConnectOptions,
     statements: &[String],
@@ -259,6 +282,15 @@ async fn on_one_connection<T>(
     let mut conn =
         connect_direct(options, &settings.url, settings.acquire_timeout, statements).await?;
     let result = work(&mut conn).await;
-    let _ = conn.close().await;
+    match closing {
+        Closing::Awaited => {
+            let _ = conn.close().await;
+        }
+        Closing::InBackground => {
+            tokio::spawn(async move {
+                let _ = conn.close().await;
+            });
+        }
+    }
     result
 }
