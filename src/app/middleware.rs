@@ -72,7 +72,7 @@ impl tower::Service<Request> for Public {
             labels,
             state,
         } = &*self.inner;
-        let (settings, generation) = state.settings().snapshot();
+        let (settings, generation) = state.settings().for_request();
         let timeout = settings.server.request_timeout;
         let label = labels.of(request.uri().path());
         let access = settings

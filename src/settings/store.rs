@@ -10,6 +10,7 @@
 //! whole reload with a reason, and applies what it prepared only once the swap is certain. So a
 //! reload is applied whole or not at all, pools and certificates included.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -86,10 +87,15 @@ pub trait ReloadParticipant: Send + Sync + fmt::Debug {
 /// The settings in force, swapped atomically at each successful reload.
 #[derive(Debug)]
 pub struct SettingsStore {
+    /// Tells this store's settings from another's in a thread's copy (`for_request`).
+    id: u64,
     source: ConfigSource,
     /// Settings and their generation swap together, so a reader never pairs one with the
     /// other's predecessor.
     in_force: ArcSwap<InForce>,
+    /// `in_force`'s generation, stored after each swap: a plain load tells a thread whether
+    /// its copy is still current.
+    generation_in_force: AtomicU64,
     /// Held for a whole reload: two signals handled at once must not interleave their
     /// read-compare-swap, or the older read could win. Async, as participants prepare with I/O.
     reloading: tokio::sync::Mutex<()>,
@@ -97,6 +103,21 @@ pub struct SettingsStore {
     last_reload: Mutex<Option<ReloadRecord>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+}
+
+/// The next store's `id`.
+static NEXT_STORE: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's copy of one store's settings (see [`SettingsStore::for_request`]).
+struct OwnCopy {
+    store: u64,
+    generation: u64,
+    settings: Arc<Settings>,
+}
+
+thread_local! {
+    /// One copy per thread, of the last store it served a request from.
+    static OWN_COPY: RefCell<Option<OwnCopy>> = const { RefCell::new(None) };
 }
 
 #[derive(Debug)]
@@ -108,11 +129,13 @@ struct InForce {
 impl SettingsStore {
     pub fn new(source: ConfigSource, initial: Settings) -> Self {
         Self {
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             source,
             in_force: ArcSwap::from_pointee(InForce {
                 settings: Arc::new(initial),
                 generation: 1,
             }),
+            generation_in_force: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
             participants: Mutex::new(Vec::new()),
             last_reload: Mutex::new(None),
@@ -130,6 +153,39 @@ impl SettingsStore {
     pub fn snapshot(&self) -> (Arc<Settings>, u64) {
         let in_force = self.in_force.load();
         (Arc::clone(&in_force.settings), in_force.generation)
+    }
+
+    /// [`snapshot`](Self::snapshot) for one request: the same settings, as this thread's own
+    /// copy. Each request holds its settings by an `Arc`; were it the one `Arc` all threads
+    /// share, each request would add to and subtract from a counter another core wrote last,
+    /// and move its cache line between cores each time (about 100 ns a move on a 2-core VM,
+    /// BENCHMARKS.md, "Instructions per request"). A thread copies the settings once per
+    /// config generation.
+    pub fn for_request(&self) -> (Arc<Settings>, u64) {
+        let generation = self.generation_in_force.load(Ordering::Acquire);
+        let kept = OWN_COPY
+            .try_with(|own| match &*own.borrow() {
+                Some(own) if own.store == self.id && own.generation == generation => {
+                    Some(own.settings.clone())
+                }
+                _ => None,
+            })
+            .ok()
+            .flatten();
+        if let Some(settings) = kept {
+            return (settings, generation);
+        }
+        let (shared, generation) = self.snapshot();
+        let settings = Arc::new(Settings::clone(&shared));
+        // Not kept while the thread shuts down: the next call copies again.
+        let _ = OWN_COPY.try_with(|own| {
+            *own.borrow_mut() = Some(OwnCopy {
+                store: self.id,
+                generation,
+                settings: settings.clone(),
+            });
+        });
+        (settings, generation)
     }
 
     /// 1 at start, +1 at each applied reload.
@@ -222,6 +278,9 @@ impl SettingsStore {
             settings: Arc::new(candidate),
             generation: config_generation,
         }));
+        // After the swap: a thread that sees the new number finds the new settings in force.
+        self.generation_in_force
+            .store(config_generation, Ordering::Release);
         for commit in commits {
             commit();
         }
@@ -298,6 +357,36 @@ mod tests {
         assert!(upgrade_only_changes(&on, &moved).is_empty());
         assert_eq!(upgrade_only_changes(&on, &off), ["tls.cert", "tls.key"]);
         assert_eq!(upgrade_only_changes(&off, &on), ["tls.cert", "tls.key"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_gets_this_threads_copy_of_its_own_stores_settings_in_force() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("default.toml"), "").expect("write default.toml");
+        let store = |greeting: &str| {
+            let mut settings = Settings::default();
+            settings.app.greeting = greeting.to_owned();
+            SettingsStore::new(ConfigSource::new(dir.path(), None), settings)
+        };
+        let (a, b) = (store("a"), store("b"));
+        let (first, generation) = a.for_request();
+        assert_eq!((first.app.greeting.as_str(), generation), ("a", 1));
+        // A copy of the thread's own, kept for the next request.
+        assert!(!Arc::ptr_eq(&first, &a.current()));
+        assert!(Arc::ptr_eq(&first, &a.for_request().0));
+        // Another store on the same thread never gets the first one's copy, nor it the other's.
+        assert_eq!(b.for_request().0.app.greeting, "b");
+        assert_eq!(a.for_request().0.app.greeting, "a");
+
+        // `reload_from` reads the directory's (empty) file over the built-in defaults.
+        assert!(matches!(
+            a.reload_from(Vec::new()).await,
+            ReloadOutcome::Applied { .. }
+        ));
+        let (reloaded, generation) = a.for_request();
+        assert_eq!(generation, 2);
+        assert_eq!(*reloaded, *a.current());
+        assert_ne!(reloaded.app.greeting, "a");
     }
 
     /// A participant that rejects, or accepts and counts its commits.
