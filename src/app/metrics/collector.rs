@@ -245,6 +245,13 @@ impl prometheus_client::collector::Collector for Collector {
         let store = &self.settings;
         let process = &self.process;
 
+        gauge(
+            &mut out,
+            "requests_in_flight",
+            "Requests on the public listener whose response has not been produced yet.",
+            carried.requests.in_flight(),
+        )?;
+
         let totals = carried.requests.totals_by_class();
         let mut family = out.encode_descriptor(
             "requests",

@@ -2,8 +2,8 @@
 //! lock-free buckets, plus what the previous generations handed over.
 //!
 //! prometheus-client's own histogram takes a lock per observation and cannot start from
-//! another process's buckets; this one costs two relaxed atomic adds per request and encodes
-//! through the same registry.
+//! another process's buckets; this one costs two relaxed atomic adds per request, on the
+//! observing thread's own stripe (`stripes`), and encodes through the same registry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,6 +11,8 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use serde::{Deserialize, Serialize};
+
+use super::stripes::Striped;
 
 /// Upper bounds of the request-duration buckets, in nanoseconds (100 µs to 30 s, the default
 /// request timeout): fine at the low end, where a template's handlers answer.
@@ -50,11 +52,20 @@ pub(crate) const DRAIN_BOUNDS: &[u64] = &[
     300_000_000_000,
 ];
 
+/// This process's counts of a histogram: the sum, then the buckets. Room for the longest
+/// bounds here.
+const SLOTS: usize = 1 + REQUEST_BOUNDS.len() + 1;
+const SUM: usize = 0;
+const _: () = assert!(DRAIN_BOUNDS.len() + 2 <= SLOTS);
+
 #[derive(Debug)]
 pub(crate) struct Histogram {
     /// Upper bounds in nanoseconds; one more bucket follows for `+Inf`.
     bounds: &'static [u64],
-    own: Counts,
+    /// In nanoseconds (slot `SUM`), then per bucket, not cumulative (slot 1 + bucket). The
+    /// sum is exact, and an add rather than a compare-and-swap loop on an `f64`; it wraps
+    /// after 584 years of summed durations, which Prometheus would read as a counter reset.
+    own: Striped<SLOTS>,
     /// The previous generations' totals, replaced (not added to) by each newer report: every
     /// report is cumulative.
     inherited: Counts,
@@ -96,9 +107,13 @@ impl Snapshot {
 
 impl Histogram {
     pub(crate) fn new(bounds: &'static [u64]) -> Histogram {
+        assert!(
+            bounds.len() + 2 <= SLOTS,
+            "histogram bounds longer than SLOTS"
+        );
         Histogram {
             bounds,
-            own: Counts::new(bounds.len() + 1),
+            own: Striped::default(),
             inherited: Counts::new(bounds.len() + 1),
         }
     }
@@ -111,23 +126,20 @@ impl Histogram {
             .iter()
             .position(|bound| nanos <= *bound)
             .unwrap_or(self.bounds.len());
-        self.own.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.own.sum.fetch_add(nanos, Ordering::Relaxed);
+        self.own.add(1 + bucket, 1);
+        self.own.add(SUM, nanos);
     }
 
     /// The totals since the first generation: this process's plus the inherited ones.
     pub(crate) fn snapshot(&self) -> Snapshot {
-        let total = |i: usize| {
-            self.own.buckets[i].load(Ordering::Relaxed)
-                + self.inherited.buckets[i].load(Ordering::Relaxed)
-        };
+        let total =
+            |i: usize| self.own.sum(1 + i) + self.inherited.buckets[i].load(Ordering::Relaxed);
         Snapshot {
             bounds: self.bounds.to_vec(),
             buckets: (0..=self.bounds.len()).map(total).collect(),
             sum: self
                 .own
-                .sum
-                .load(Ordering::Relaxed)
+                .sum(SUM)
                 .wrapping_add(self.inherited.sum.load(Ordering::Relaxed)),
         }
     }

@@ -8,8 +8,9 @@
 //! (`rate()` and `increase()` handle it); `baton_start_time_seconds` shows when.
 //!
 //! The per-request cost is a clock read at each end, one histogram observation (two relaxed
-//! atomic adds) and the in-flight gauge; the route's series is found through an `ArcSwap`
-//! without a lock (`requests`).
+//! atomic adds) and the route's in-flight count (one add, one subtract), all on the thread's
+//! own stripe (`stripes`); the route's series is found through an `ArcSwap` without a lock
+//! (`requests`).
 //!
 //! # Layout
 //! - `histogram`: a lock-free histogram that adopts another process's buckets.
@@ -17,18 +18,19 @@
 //! - `collector`: everything read at scrape time from the process and settings state.
 //! - `resources`: the database pools and the TLS certificate and handshakes, read at scrape
 //!   time.
+//! - `stripes`: counters kept per thread, so that requests on two cores do not write one
+//!   cache line.
 
 mod collector;
 mod histogram;
 mod requests;
 mod resources;
+mod stripes;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -51,7 +53,6 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// Shared with the registry's collector.
     carried: Arc<Carried>,
-    in_flight: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -62,17 +63,11 @@ impl Metrics {
         tls: Option<Arc<Tls>>,
     ) -> Metrics {
         let carried = Arc::new(Carried::new(process.clone()));
-        let in_flight = Gauge::<i64, AtomicI64>::default();
         let mut registry = Registry::with_prefix("baton");
         registry.register(
             "build",
             "Always 1; the version label identifies the build",
             Info::new(vec![("version", process.version())]),
-        );
-        registry.register(
-            "requests_in_flight",
-            "Requests on the public listener whose response has not been produced yet",
-            in_flight.clone(),
         );
         registry.register_collector(Box::new(Collector {
             carried: carried.clone(),
@@ -80,11 +75,7 @@ impl Metrics {
             process,
         }));
         registry.register_collector(Box::new(Resources { db, tls }));
-        Metrics {
-            registry,
-            carried,
-            in_flight,
-        }
+        Metrics { registry, carried }
     }
 
     /// The series a request to `route` (its matched path; `None`: the fallback) counts in.
@@ -95,10 +86,8 @@ impl Metrics {
     /// Marks a request in flight until [`InFlight::finish`] or until dropped (a request whose
     /// client went away is not counted, only uncounted from the in-flight gauge).
     pub(crate) fn request_started(&self, route: &'static Route) -> InFlight {
-        self.in_flight.inc();
+        route.started();
         InFlight {
-            // A handle on the same atomic, so the request's future owns what it needs.
-            gauge: self.in_flight.clone(),
             route,
             started: Instant::now(),
         }
@@ -120,7 +109,6 @@ impl Metrics {
 /// A request being served (see [`Metrics::request_started`]).
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    gauge: Gauge<i64, AtomicI64>,
     route: &'static Route,
     started: Instant,
 }
@@ -141,6 +129,6 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.gauge.dec();
+        self.route.ended();
     }
 }

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::histogram::{Histogram, REQUEST_BOUNDS, Snapshot};
+use super::stripes::Striped;
 
 /// The `class` label of each series of a route, in order.
 pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -17,17 +18,30 @@ pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// never the raw path, which a client chooses and would make the label set unbounded.
 pub(crate) const UNMATCHED: &str = "unmatched";
 
-/// One route's histograms, by status class.
+/// One route's histograms, by status class, and its requests in flight.
 #[derive(Debug)]
 pub(crate) struct Route {
     by_class: [Histogram; 5],
+    /// Requests started and not yet ended, as a striped gauge: the request's future reaches it
+    /// through the `&'static Route` it holds anyway, where a gauge of its own would be one more
+    /// reference to count per request.
+    in_flight: Striped<1>,
 }
 
 impl Route {
     fn new() -> Route {
         Route {
             by_class: std::array::from_fn(|_| Histogram::new(REQUEST_BOUNDS)),
+            in_flight: Striped::default(),
         }
+    }
+
+    pub(crate) fn started(&self) {
+        self.in_flight.add(0, 1);
+    }
+
+    pub(crate) fn ended(&self) {
+        self.in_flight.sub(0, 1);
     }
 
     /// Counts a response. `StatusCode` holds 100..=999; 6xx..9xx are legal but meaningless, so
@@ -104,6 +118,16 @@ impl Requests {
             .collect();
         series.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         series
+    }
+
+    /// Requests of this process in flight, over all routes.
+    pub(crate) fn in_flight(&self) -> i64 {
+        let routes = self.routes.load();
+        routes
+            .values()
+            .map(|route| route.in_flight.sum(0))
+            .fold(0, u64::wrapping_add)
+            .cast_signed()
     }
 
     /// Responses by class since the first generation, in the order of [`CLASSES`].
