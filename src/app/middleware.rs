@@ -30,16 +30,17 @@ use super::metrics::InFlight;
 use super::state::AppState;
 use super::table::Labels;
 
-/// The public service: the per-request work, then the router. Cheap to clone (one `Arc`), as
-/// the connection clones it for every request.
+/// The public service: the per-request work, then the router. Each connection has its own
+/// (two `Arc` clones); its requests call it without cloning it again, so they write no
+/// reference count that the other worker threads write too (`lifecycle::exchange`).
 #[derive(Debug, Clone)]
 pub struct Public {
+    router: Router,
     inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
-    router: Router,
     labels: Labels,
     state: AppState,
 }
@@ -47,11 +48,8 @@ struct Inner {
 impl Public {
     pub(crate) fn new(router: Router, labels: Labels, state: AppState) -> Public {
         Public {
-            inner: Arc::new(Inner {
-                router,
-                labels,
-                state,
-            }),
+            router,
+            inner: Arc::new(Inner { labels, state }),
         }
     }
 }
@@ -67,11 +65,7 @@ impl tower::Service<Request> for Public {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let Inner {
-            router,
-            labels,
-            state,
-        } = &*self.inner;
+        let Inner { labels, state } = &*self.inner;
         let (settings, generation) = state.settings().for_request();
         let timeout = settings.server.request_timeout;
         let label = labels.of(request.uri().path());
@@ -82,7 +76,8 @@ impl tower::Service<Request> for Public {
         let span = request_span(&request, label.path);
         let in_flight = state.metrics().request_started(label.series);
         Finishing {
-            response: router.clone().call(request),
+            // `Router::call` routes by `&self` (its `&mut` is tower's signature): no clone.
+            response: self.router.call(request),
             settings: Some(CurrentSettings(settings, generation)),
             span,
             deadline: Deadline::Unarmed(in_flight.started() + timeout),
