@@ -42,7 +42,9 @@ fn run(threads: usize, sets: &[Vec<Line>], k: usize) -> f64 {
                         counter.0.fetch_add(1, Ordering::Relaxed);
                     }
                     for j in 0..200 {
-                        work = work.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i ^ j);
+                        work = work
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(i ^ j);
                     }
                     for counter in counters {
                         counter.0.fetch_sub(1, Ordering::Relaxed);
@@ -68,7 +70,9 @@ fn main() {
     let shared = vec![lines()];
     let own: Vec<Vec<Line>> = (0..threads).map(|_| lines()).collect();
     println!("{threads} threads, {LOOPS} loops each; ns per loop (add K, work, subtract K)\n");
-    println!("| K counters | each thread its own | all threads the same | difference per add and subtract |");
+    println!(
+        "| K counters | each thread its own | all threads the same | difference per add and subtract |"
+    );
     println!("| ---: | ---: | ---: | ---: |");
     for k in [0, 1, 2, 4, 8] {
         let apart = run(threads, &own, k);
