@@ -76,8 +76,8 @@ impl<'p, S: Answers> Exchange<'p, S> {
     }
 
     /// The service's answer, started at once when the service is ready (it always is for a
-    /// `Router`), so that the request is moved into the route's future here rather than kept
-    /// in this one until its first poll.
+    /// `Router`): the answer's future then holds the route's future alone, not also a
+    /// `Oneshot` with the service and the request waiting for the first poll.
     fn start(&self, request: Request<Body>) -> Pending<S> {
         let mut service = self.service.borrow_mut();
         // tower asks for `poll_ready` before `call`. A service that is not ready now is
