@@ -118,6 +118,14 @@ pub(crate) fn handovers(
     (0..count).map(|_| upgrade_once(addr, admin, dir)).collect()
 }
 
+/// The head of the table [`print_handovers`] adds rows to.
+pub(crate) fn print_handovers_header() {
+    println!(
+        "| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+}
+
 pub(crate) fn print_handovers(label: &str, all: &[Handover]) {
     let col = |f: fn(&Handover) -> f64| median(all.iter().map(f).collect());
     let max = all.iter().map(|h| h.served_ms).fold(0.0, f64::max);

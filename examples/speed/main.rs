@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use handover::{Handover, handovers, print_handovers, print_steps};
+use handover::{Handover, handovers, print_handovers, print_handovers_header, print_steps};
 use servers::{start_bare, start_baton, start_nginx};
 use wrk::{Kind, Run, wrk};
 
@@ -188,10 +188,7 @@ fn handover_only(options: &Options) -> Result<(), SpeedError> {
             all.extend(handovers(baton.server.addr, baton.admin, &baton.dir, 1)?);
         }
     }
-    println!(
-        "| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    print_handovers_header();
     for (baton, all) in started.iter().zip(&measured) {
         print_handovers(&format!("idle, {}", baton.server.name), all);
     }
@@ -288,10 +285,8 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         println!("{row}");
     }
 
-    println!(
-        "\n| handover | upgrades | SIGUSR2 to new pid serving, median ms | max ms | request to spawn, median ms | request to ready, median ms | spawn to ready, median ms |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!();
+    print_handovers_header();
     let idle = handovers(baton.server.addr, baton.admin, &baton_dir, options.upgrades)?;
     print_handovers("idle", &idle);
     let seconds = options.seconds.max(2) * 4;
@@ -323,27 +318,16 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
 
 fn main() -> ExitCode {
     let options = Options::parse();
-    if options.handover_only {
-        return match handover_only(&options) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("speed: {err}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if !options.crowd.is_empty() {
-        // Every figure of this mode is a result, a failed request included: only a broken run
-        // (a server that does not start, an upgrade that never completes) is an error.
-        return match crowd::run(&options) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("speed: {err}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match run(&options) {
+    // In the other modes every figure is a result, a failed request included: only a broken
+    // run (a server that does not start, an upgrade that never completes) is an error.
+    let clean = if options.handover_only {
+        handover_only(&options).map(|()| true)
+    } else if !options.crowd.is_empty() {
+        crowd::run(&options).map(|()| true)
+    } else {
+        run(&options)
+    };
+    match clean {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("speed: a request failed (see wrk's errors above)");

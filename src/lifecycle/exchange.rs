@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
 use axum::http::header::{CONNECTION, HeaderValue};
-use axum::http::{Request, StatusCode, Version};
+use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use futures_util::future::Either;
 use http_body_util::Limited;
@@ -103,14 +103,12 @@ impl<'p, S: Answers> hyper::service::Service<Request<Incoming>> for Exchange<'p,
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let (in_flight, number) = self.activity.begin();
-        let close = self
-            .draining
-            .filter(|_| request.version() < Version::HTTP_2)
-            .map(|(process, slot)| Close {
-                process,
-                slot,
-                last: number >= self.limits.requests_per_connection,
-            });
+        // Only an HTTP/1 connection has `draining`, and it carries only HTTP/1 requests.
+        let close = self.draining.map(|(process, slot)| Close {
+            process,
+            slot,
+            last: number >= self.limits.requests_per_connection,
+        });
         let pending = match limits::refuse(&request, self.limits.max_body_bytes) {
             Some(refused) => Either::Right(Either::Right(ready(Ok(refused)))),
             None => {

@@ -87,15 +87,10 @@ pub trait ReloadParticipant: Send + Sync + fmt::Debug {
 /// The settings in force, swapped atomically at each successful reload.
 #[derive(Debug)]
 pub struct SettingsStore {
-    /// Tells this store's settings from another's in a thread's copy (`for_request`).
-    id: u64,
     source: ConfigSource,
     /// Settings and their generation swap together, so a reader never pairs one with the
     /// other's predecessor.
     in_force: ArcSwap<InForce>,
-    /// `in_force`'s generation, stored after each swap: a plain load tells a thread whether
-    /// its copy is still current.
-    generation_in_force: AtomicU64,
     /// Held for a whole reload: two signals handled at once must not interleave their
     /// read-compare-swap, or the older read could win. Async, as participants prepare with I/O.
     reloading: tokio::sync::Mutex<()>,
@@ -105,13 +100,11 @@ pub struct SettingsStore {
     reloads_failed: AtomicU64,
 }
 
-/// The next store's `id`.
-static NEXT_STORE: AtomicU64 = AtomicU64::new(0);
-
-/// A thread's copy of one store's settings (see [`SettingsStore::for_request`]).
+/// A thread's copy of the settings of one swap (see [`SettingsStore::for_request`]).
 struct OwnCopy {
-    store: u64,
-    generation: u64,
+    /// The swap copied from, held so that its address names it: the copy is current while it
+    /// is the one in force, in whichever store.
+    of: Arc<InForce>,
     settings: Arc<Settings>,
 }
 
@@ -129,13 +122,11 @@ struct InForce {
 impl SettingsStore {
     pub fn new(source: ConfigSource, initial: Settings) -> Self {
         Self {
-            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             source,
             in_force: ArcSwap::from_pointee(InForce {
                 settings: Arc::new(initial),
                 generation: 1,
             }),
-            generation_in_force: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
             participants: Mutex::new(Vec::new()),
             last_reload: Mutex::new(None),
@@ -162,12 +153,11 @@ impl SettingsStore {
     /// BENCHMARKS.md, "Instructions per request"). A thread copies the settings once per
     /// config generation.
     pub fn for_request(&self) -> (Arc<Settings>, u64) {
-        let generation = self.generation_in_force.load(Ordering::Acquire);
+        let in_force = self.in_force.load();
+        let generation = in_force.generation;
         let kept = OWN_COPY
             .try_with(|own| match &*own.borrow() {
-                Some(own) if own.store == self.id && own.generation == generation => {
-                    Some(own.settings.clone())
-                }
+                Some(own) if Arc::ptr_eq(&own.of, &in_force) => Some(own.settings.clone()),
                 _ => None,
             })
             .ok()
@@ -175,13 +165,11 @@ impl SettingsStore {
         if let Some(settings) = kept {
             return (settings, generation);
         }
-        let (shared, generation) = self.snapshot();
-        let settings = Arc::new(Settings::clone(&shared));
+        let settings = Arc::new(Settings::clone(&in_force.settings));
         // Not kept while the thread shuts down: the next call copies again.
         let _ = OWN_COPY.try_with(|own| {
             *own.borrow_mut() = Some(OwnCopy {
-                store: self.id,
-                generation,
+                of: Arc::clone(&in_force),
                 settings: settings.clone(),
             });
         });
@@ -278,9 +266,6 @@ impl SettingsStore {
             settings: Arc::new(candidate),
             generation: config_generation,
         }));
-        // After the swap: a thread that sees the new number finds the new settings in force.
-        self.generation_in_force
-            .store(config_generation, Ordering::Release);
         for commit in commits {
             commit();
         }
