@@ -10,7 +10,6 @@ use crate::tls::Tls;
 
 use super::metrics::Metrics;
 use super::repository::Items;
-use super::routes::root::Greeting;
 
 /// Everything a handler may need. Cheap to clone: axum clones it for every request that
 /// extracts it, so all of it sits behind one `Arc`.
@@ -33,7 +32,6 @@ struct Inner {
     /// The public listener's TLS, when on: its certificate and handshake counts are shown by
     /// the admin endpoints, its ticket keys handed to the next generation.
     tls: Option<Arc<Tls>>,
-    greeting: Greeting,
 }
 
 impl AppState {
@@ -50,7 +48,6 @@ impl AppState {
                 process,
                 db,
                 tls,
-                greeting: Greeting::default(),
             }),
         }
     }
@@ -80,10 +77,6 @@ impl AppState {
     /// The items, on the pools in force now (kept for this request even if a reload swaps them).
     pub(crate) fn items(&self) -> Items {
         Items::new(self.inner.db.pools())
-    }
-
-    pub(crate) fn greeting(&self) -> &Greeting {
-        &self.inner.greeting
     }
 
     pub(crate) fn tls(&self) -> Option<&Tls> {
