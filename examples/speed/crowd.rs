@@ -26,7 +26,7 @@ use tokio::runtime::Runtime;
 use crate::handover::{Handover, upgrade_once, who_answers};
 use crate::host::{ListenCounters, machine_busy, own_cpu, process_tree_cpu, raise_fd_limit};
 use crate::servers::{Baton, Server, start_bare, start_baton, start_nginx};
-use crate::wrk::{Kind, Run, wrk};
+use crate::wrk::{Client, Kind, Run, wrk};
 use crate::{LIMIT, Options, SpeedError, figures, io, programs, require};
 
 /// baton's own default `lifecycle.lame_duck`, used unless `--lame-duck` says otherwise.
@@ -199,7 +199,13 @@ pub(crate) fn run(options: &Options) -> Result<(), SpeedError> {
                     Served::Baton(baton) => (Some(baton), None),
                     Served::Nginx(server) | Served::Bare(server) => (None, Some(server.pid())),
                 };
-                let steady = wrk(contender.addr(), Kind::KeepAlive, count, options.seconds)?;
+                let steady = wrk(
+                    Client::SHARED,
+                    contender.addr(),
+                    Kind::KeepAlive,
+                    count,
+                    options.seconds,
+                )?;
                 let figures = measure(
                     &runtime,
                     (contender.addr(), pid),

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --bin baton --example bare_axum --example speed
-//! target/release/examples/speed [--rounds 3] [--seconds 5] [--connections 50] [--upgrades 10]
+//! target/release/examples/speed [--rounds 3] [--seconds 5] [--connections 50] [--upgrades 10] [--pin]
 //! target/release/examples/speed --crowd 2000,5000 [--rounds 3] [--seconds 5] [--crowd-upgrades 3]
 //! target/release/examples/speed --handover-only [--upgrades 10] [--compare OTHER_BATON]
 //! ```
@@ -18,7 +18,9 @@
 //!    (wrk, not the server, may be what limits it), and its ratio is not a result.
 //! 2. **Throughput**: each server in turn, keep-alive and `Connection: close`, in interleaved
 //!    rounds whose order rotates, so a neighbour's burst does not favour one server; the
-//!    medians and the ratios to both bare axums and nginx.
+//!    medians and the ratios to both bare axums and nginx, each server's CPU time per request,
+//!    and the ratios within each round (median and range), which the machine's drift between
+//!    rounds does not move.
 //! 3. **Handover**: K upgrades (SIGUSR2) idle and K under wrk keep-alive load: from the signal
 //!    until a new connection is answered by the new pid, and the new generation's own figures
 //!    from `/-/status` (request to spawn, request to ready, so spawn to ready).
@@ -38,6 +40,8 @@
 //! # Layout
 //! - `servers`: start nginx, bare axum and baton on free loopback ports; stop them on drop.
 //! - `wrk`: one wrk run and its figures.
+//! - `throughput`: the interleaved rounds, each server's CPU per request, the ratios within
+//!   each round.
 //! - `handover`: one upgrade and its timings; which pid answers.
 //! - `crowd`: the many-connections mode: its runs and what each measured.
 //! - `figures`: the many-connections mode's tables and targets.
@@ -50,6 +54,7 @@ mod host;
 #[path = "../common/serve.rs"]
 mod serve;
 mod servers;
+mod throughput;
 mod wrk;
 
 use std::path::{Path, PathBuf};
@@ -57,10 +62,12 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
 
 use handover::{Handover, handovers, print_handovers, print_handovers_header, print_steps};
 use servers::{start_bare, start_baton, start_nginx};
-use wrk::{Kind, Run, wrk};
+use wrk::{Client, Kind, wrk};
 
 #[derive(Debug, Parser)]
 #[command(about = "baton vs bare axum vs nginx under wrk, and the handover time")]
@@ -71,7 +78,7 @@ struct Options {
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// wrk connections (`-c`); wrk runs two threads (`-t2`).
+    /// wrk connections (`-c`); wrk runs two threads (`-t2`), one with `--pin`.
     #[arg(long, default_value_t = 50)]
     connections: usize,
     /// Upgrades idle, and again under load.
@@ -96,7 +103,16 @@ struct Options {
     /// of them, alternating with `--compare`'s build if given.
     #[arg(long)]
     handover_only: bool,
+    /// The servers on CPU 1 (so each runtime starts one worker: they follow the affinity) and
+    /// wrk on CPU 0 with one thread: the two never take each other's core, so a server's CPU
+    /// time per request is its own, whatever the scheduler does. Needs `taskset` (util-linux).
+    #[arg(long)]
+    pin: bool,
 }
+
+/// Where `--pin` puts the servers and wrk.
+const SERVER_CPU: usize = 1;
+const CLIENT_CPU: usize = 0;
 
 /// Bound on starting a server and on one handover.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -201,6 +217,24 @@ fn handover_only(options: &Options) -> Result<(), SpeedError> {
 /// baton vs bare axum vs nginx under wrk, then the handovers idle and under wrk.
 fn run(options: &Options) -> Result<bool, SpeedError> {
     require(&["wrk", "nginx"])?;
+    let client = if options.pin {
+        require(&["taskset"])?;
+        // Inherited by every server started from here on, and by baton's next generations.
+        let mut cpus = CpuSet::new();
+        cpus.set(SERVER_CPU)
+            .and_then(|()| sched_setaffinity(Pid::from_raw(0), &cpus))
+            .map_err(|errno| {
+                SpeedError::Failed(format!(
+                    "cannot pin the servers to CPU {SERVER_CPU}: {errno}"
+                ))
+            })?;
+        Client {
+            threads: 1,
+            cpu: Some(CLIENT_CPU),
+        }
+    } else {
+        Client::SHARED
+    };
     let (bare_program, baton_program) = programs()?;
     let dir = tempfile::tempdir().map_err(io("temp dir"))?;
     let nginx_dir = dir.path().join("nginx");
@@ -227,42 +261,52 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
     // wrk warms up against the cheapest server first; its best figure, there or in the rounds,
     // is the least the client can do on this machine.
     let connections = options.connections;
-    let mut ceiling = wrk(nginx.addr, Kind::KeepAlive, connections, options.seconds)?.rps;
+    let mut ceiling = wrk(
+        client,
+        nginx.addr,
+        Kind::KeepAlive,
+        connections,
+        options.seconds,
+    )?
+    .rps;
     // The order the ratios below count on: nginx, bare axum, bare axum with TCP_NODELAY.
     let mut servers = vec![&nginx, &bare, &bare_nodelay, &baton.server];
     servers.extend(other.as_ref().map(|b| &b.server));
     let mut rows = Vec::new();
+    let mut within = Vec::new();
     for kind in [Kind::KeepAlive, Kind::Close] {
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
-        for round in 0..options.rounds {
-            for i in 0..servers.len() {
-                let index = (i + round) % servers.len();
-                let run = wrk(servers[index].addr, kind, connections, options.seconds)?;
-                clean &= run.errors == 0;
-                runs[index].push(run);
-            }
-        }
+        let rounds = throughput::rounds(
+            client,
+            &servers,
+            kind,
+            connections,
+            options.seconds,
+            options.rounds,
+        )?;
+        clean &= (0..servers.len()).all(|index| rounds.of(index).iter().all(|m| m.run.errors == 0));
         if kind == Kind::KeepAlive {
-            ceiling = runs[0].iter().map(|r| r.rps).fold(ceiling, f64::max);
-        }
-        let rps: Vec<f64> = runs
-            .iter()
-            .map(|r| median(r.iter().map(|x| x.rps).collect()))
-            .collect();
-        for (index, server) in servers.iter().enumerate() {
-            let p99 = median(runs[index].iter().map(|x| x.p99_ms).collect());
-            let each: Vec<String> = runs[index]
+            ceiling = rounds
+                .of(0)
                 .iter()
-                .map(|r| format!("{:.0}", r.rps))
-                .collect();
+                .map(|m| m.run.rps)
+                .fold(ceiling, f64::max);
+        }
+        let rps: Vec<f64> = (0..servers.len()).map(|i| rounds.rps(i)).collect();
+        for (index, server) in servers.iter().enumerate() {
+            let runs = rounds.of(index);
+            let p99 = median(runs.iter().map(|m| m.run.p99_ms).collect());
+            let each: Vec<String> = runs.iter().map(|m| format!("{:.0}", m.run.rps)).collect();
+            let cpu = rounds
+                .cpu_us(index)
+                .map_or_else(|| "?".to_owned(), |us| format!("{us:.2}"));
             // A figure near the client's ceiling may be wrk's limit, not the server's.
-            let bound = if index != 0 && runs[index].iter().any(|r| r.rps > 0.8 * ceiling) {
+            let bound = if index != 0 && runs.iter().any(|m| m.run.rps > 0.8 * ceiling) {
                 " (client-bound)"
             } else {
                 ""
             };
             rows.push(format!(
-                "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {cpu} | {:.2} | {:.2} | {:.2} |",
                 server.name,
                 rps[index],
                 each.join(", "),
@@ -270,18 +314,44 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
                 rps[index] / rps[2],
                 rps[index] / rps[0],
             ));
+            if index != 1 && index != 2 {
+                let cpu = rounds
+                    .cpu_ratios(index, 1)
+                    .map_or_else(|| "?".to_owned(), |spread| spread.to_string());
+                within.push(format!(
+                    "| {kind:?} | {} | {} | {} | {cpu} |",
+                    server.name,
+                    rounds.ratios(index, 1),
+                    rounds.ratios(index, 2),
+                ));
+            }
         }
     }
+    let placement = match client.cpu {
+        Some(cpu) => format!("servers on CPU {SERVER_CPU}, wrk on CPU {cpu}"),
+        None => "servers and wrk on any CPU".to_owned(),
+    };
     println!(
-        "wrk -t2 -c{} -d{}s, {} rounds; client ceiling (best wrk figure against nginx, the \
-         cheapest server): {ceiling:.0} req/s\n",
-        options.connections, options.seconds, options.rounds
+        "wrk -t{} -c{} -d{}s, {} rounds, {placement}; client ceiling (best wrk figure against \
+         nginx, the cheapest server): {ceiling:.0} req/s\n",
+        client.threads, options.connections, options.seconds, options.rounds
     );
     println!(
-        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | vs bare axum | vs bare axum, TCP_NODELAY | vs nginx |"
+        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | CPU µs per request (median) | vs bare axum | vs bare axum, TCP_NODELAY | vs nginx |"
     );
-    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
     for row in rows {
+        println!("{row}");
+    }
+    println!(
+        "\nWithin each round (the servers of a round run seconds apart, so the machine's drift \
+         hits them alike): the median of the rounds' ratios, and their range\n"
+    );
+    println!(
+        "| load | server | req/s ÷ bare axum's | req/s ÷ bare axum's, TCP_NODELAY | bare axum's CPU per request ÷ this server's |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for row in within {
         println!("{row}");
     }
 
@@ -291,7 +361,15 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
     print_handovers("idle", &idle);
     let seconds = options.seconds.max(2) * 4;
     let loaded = std::thread::scope(|scope| {
-        let load = scope.spawn(|| wrk(baton.server.addr, Kind::KeepAlive, connections, seconds));
+        let load = scope.spawn(|| {
+            wrk(
+                client,
+                baton.server.addr,
+                Kind::KeepAlive,
+                connections,
+                seconds,
+            )
+        });
         let measured = handovers(baton.server.addr, baton.admin, &baton_dir, options.upgrades);
         (measured, load.join())
     });

@@ -1,4 +1,4 @@
-//! `wrk -t2 -cN` runs and the figures read from their `--latency` output.
+//! `wrk` runs and the figures read from their `--latency` output.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -9,6 +9,8 @@ use crate::{SpeedError, io};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Run {
     pub(crate) rps: f64,
+    /// Responses counted (`N requests in`).
+    pub(crate) requests: u64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     /// The slowest request (wrk's `Latency` max).
@@ -23,16 +25,40 @@ pub(crate) enum Kind {
     Close,
 }
 
-/// `wrk -t2 -c{connections} -d{seconds}s --latency` on `GET /` at `addr`.
+/// How wrk runs: its threads, and the one CPU it is confined to, if any (`--pin`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client {
+    pub(crate) threads: usize,
+    pub(crate) cpu: Option<usize>,
+}
+
+impl Client {
+    /// Two threads, on any CPU.
+    pub(crate) const SHARED: Client = Client {
+        threads: 2,
+        cpu: None,
+    };
+}
+
+/// `wrk -t{threads} -c{connections} -d{seconds}s --latency` on `GET /` at `addr`, under
+/// `taskset -c CPU` when the client is pinned.
 pub(crate) fn wrk(
+    client: Client,
     addr: SocketAddr,
     kind: Kind,
     connections: usize,
     seconds: u64,
 ) -> Result<Run, SpeedError> {
-    let mut command = Command::new("wrk");
+    let mut command = match client.cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpu.to_string(), "wrk"]);
+            taskset
+        }
+        None => Command::new("wrk"),
+    };
     command.args([
-        "-t2",
+        &format!("-t{}", client.threads),
         &format!("-c{connections}"),
         &format!("-d{seconds}s"),
         "--latency",
@@ -70,6 +96,10 @@ fn parse_wrk(text: &str) -> Option<Run> {
             .find_map(|l| l.trim_start().strip_prefix(prefix).map(str::trim))
     };
     let rps = value("Requests/sec:")?.parse().ok()?;
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim_start().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())?;
     let p50_ms = to_ms(value("50%")?)?;
     let p99_ms = to_ms(value("99%")?)?;
     // `Latency   avg   stdev   max   +/- stdev` (the thread statistics, before the distribution).
@@ -86,6 +116,7 @@ fn parse_wrk(text: &str) -> Option<Run> {
     });
     Some(Run {
         rps,
+        requests,
         p50_ms,
         p99_ms,
         max_ms,
@@ -102,6 +133,7 @@ mod tests {
         let text = "Running 5s test @ http://127.0.0.1:1/\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   631.37us    1.61ms   1.02s    92.36%\n  Latency Distribution\n     50%  200.00us\n     99%    1.61ms\n  640000 requests in 5.00s, 80.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec: 128000.50\n";
         let run = parse_wrk(text).expect("parsed");
         assert!((run.rps - 128_000.5).abs() < 0.01);
+        assert_eq!(run.requests, 640_000);
         assert!((run.p50_ms - 0.2).abs() < 1e-9);
         assert!((run.p99_ms - 1.61).abs() < 1e-9);
         assert!((run.max_ms - 1020.0).abs() < 1e-9);
