@@ -5,8 +5,8 @@
 //! a median of each server's rounds, divided by another server's median, moves with that drift.
 //! Two figures here do not:
 //! - **The ratio within each round**: the servers of one round run seconds apart, so a drift
-//!   slower than a round hits them alike. Its median over the rounds, and its spread, are the
-//!   comparison to read.
+//!   slower than a round hits them alike. Its median over the rounds, with that median's 95 %
+//!   confidence interval, is the comparison to read.
 //! - **CPU time per request**: the server's user plus system time over the run (`/proc`,
 //!   itself and its children, so nginx's workers count) divided by the responses wrk counted.
 //!   It is what each request costs the server, whatever share of the cores wrk left it.
@@ -99,29 +99,44 @@ impl Rounds {
     }
 }
 
-/// A median and the range of a set of figures.
+/// A median, the distribution-free 95 % confidence interval of that median, and the range of a
+/// set of figures.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spread {
     pub(crate) median: f64,
+    /// The order statistics `x(k)` and `x(n+1-k)` (1-based) around the median, with `k = n/2 -
+    /// 0.98·√n` rounded down: the normal approximation to the binomial, which needs no
+    /// assumption about how the figures are distributed. `None` under 6 figures.
+    confidence: Option<(f64, f64)>,
     min: f64,
     max: f64,
 }
 
 impl Spread {
-    fn of(values: Vec<f64>) -> Spread {
-        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let k = (n as f64 / 2.0 - 0.98 * (n as f64).sqrt()).floor();
+        let confidence = (n >= 6 && k >= 1.0).then(|| {
+            let k = k as usize;
+            (values[k - 1], values[n - k])
+        });
         Spread {
+            min: values.first().copied().unwrap_or(f64::NAN),
+            max: values.last().copied().unwrap_or(f64::NAN),
+            confidence,
             median: median(values),
-            min,
-            max,
         }
     }
 }
 
 impl fmt::Display for Spread {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.2} ({:.2}-{:.2})", self.median, self.min, self.max)
+        write!(f, "{:.2} (", self.median)?;
+        if let Some((low, high)) = self.confidence {
+            write!(f, "95 % CI {low:.2}-{high:.2}; ")?;
+        }
+        write!(f, "range {:.2}-{:.2})", self.min, self.max)
     }
 }
 
@@ -133,6 +148,22 @@ mod tests {
     fn a_spread_has_its_median_and_range() {
         let spread = Spread::of(vec![0.9, 1.1, 0.95, 1.0, 0.8]);
         assert!((spread.median - 0.95).abs() < 1e-12);
-        assert_eq!(spread.to_string(), "0.95 (0.80-1.10)");
+        assert_eq!(spread.to_string(), "0.95 (range 0.80-1.10)");
+    }
+
+    #[test]
+    fn the_median_s_confidence_interval_is_read_from_the_order_statistics() {
+        // n = 25: k = floor(12.5 - 4.9) = 7, so the 7th and the 19th smallest.
+        let values: Vec<f64> = (1..=25).rev().map(f64::from).collect();
+        let spread = Spread::of(values);
+        assert_eq!(spread.median, 13.0);
+        assert_eq!(spread.confidence, Some((7.0, 19.0)));
+        assert_eq!(
+            spread.to_string(),
+            "13.00 (95 % CI 7.00-19.00; range 1.00-25.00)"
+        );
+        // n = 9: k = floor(4.5 - 2.94) = 1: the extremes.
+        let nine = Spread::of((1..=9).map(f64::from).collect());
+        assert_eq!(nine.confidence, Some((1.0, 9.0)));
     }
 }
