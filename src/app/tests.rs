@@ -1,7 +1,8 @@
 //! Tests that drive the lifecycle phase, which only the crate can change (`set_phase` and
 //! `begin_drain` are `pub(crate)`): `/readyz` across phases, and the long-lived responses (SSE,
-//! WebSocket) ending at the drain. Everything else is tested from outside, in `tests/api.rs`
-//! and, through real upgrades, `tests/websockets.rs`.
+//! WebSocket) ending at the drain; and one that needs two apps on one thread (`GET /`'s body
+//! kept per thread). Everything else is tested from outside, in `tests/api.rs` and, through
+//! real upgrades, `tests/websockets.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,13 +52,13 @@ async fn app_with(mut settings: Settings) -> (super::Public, ProcessState, tempf
     )
 }
 
-async fn readyz(app: &super::Public) -> (StatusCode, String) {
-    let request = Request::get("/readyz")
+async fn get(app: &super::Public, path: &str) -> (StatusCode, String) {
+    let request = Request::get(path)
         .body(Body::empty())
         .expect("a static request is valid");
     let response = tokio::time::timeout(DEADLINE, app.clone().oneshot(request))
         .await
-        .expect("/readyz answers in time")
+        .expect("the request is answered in time")
         .expect("the router is infallible");
     let status = response.status();
     let body = response
@@ -67,6 +68,32 @@ async fn readyz(app: &super::Public) -> (StatusCode, String) {
         .expect("an in-memory body cannot fail")
         .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn readyz(app: &super::Public) -> (StatusCode, String) {
+    get(app, "/readyz").await
+}
+
+/// A worker thread keeps `GET /`'s body for the settings it was rendered from: two apps served
+/// from one thread (this test's runtime has one), with the same config and binary generation,
+/// each answer with their own greeting, however their requests alternate.
+#[tokio::test]
+async fn two_apps_on_one_thread_each_answer_with_their_own_greeting() {
+    let with_greeting = |greeting: &str| {
+        let mut settings = Settings::default();
+        settings.app.greeting = greeting.into();
+        settings
+    };
+    let (one, _, _one_data) = app_with(with_greeting("from one")).await;
+    let (two, _, _two_data) = app_with(with_greeting("from two")).await;
+    for _ in 0..2 {
+        let (status, body) = get(&one, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("from one (version "), "{body}");
+        let (status, body) = get(&two, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("from two (version "), "{body}");
+    }
 }
 
 #[tokio::test]
