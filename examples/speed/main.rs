@@ -19,8 +19,8 @@
 //! 2. **Throughput**: each server in turn, keep-alive and `Connection: close`, in interleaved
 //!    rounds whose order rotates, so a neighbour's burst does not favour one server; the
 //!    medians and the ratios to both bare axums and nginx, each server's CPU time per request,
-//!    and the ratios within each round (median and range), which the machine's drift between
-//!    rounds does not move.
+//!    and the ratios within each round (the median, its 95 % confidence interval and the
+//!    range), which the machine's drift between rounds does not move.
 //! 3. **Handover**: K upgrades (SIGUSR2) idle and K under wrk keep-alive load: from the signal
 //!    until a new connection is answered by the new pid, and the new generation's own figures
 //!    from `/-/status` (request to spawn, request to ready, so spawn to ready).
@@ -109,6 +109,11 @@ struct Options {
     #[arg(long)]
     pin: bool,
 }
+
+/// The first servers of the wrk comparison, in this order: the ratios are to them.
+const NGINX: usize = 0;
+const BARE: usize = 1;
+const BARE_NODELAY: usize = 2;
 
 /// Where `--pin` puts the servers and wrk.
 const SERVER_CPU: usize = 1;
@@ -269,7 +274,7 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         options.seconds,
     )?
     .rps;
-    // The order the ratios below count on: nginx, bare axum, bare axum with TCP_NODELAY.
+    // In the order of `NGINX`, `BARE` and `BARE_NODELAY`, which the ratios below count on.
     let mut servers = vec![&nginx, &bare, &bare_nodelay, &baton.server];
     servers.extend(other.as_ref().map(|b| &b.server));
     let mut rows = Vec::new();
@@ -286,7 +291,7 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
         clean &= (0..servers.len()).all(|index| rounds.of(index).iter().all(|m| m.run.errors == 0));
         if kind == Kind::KeepAlive {
             ceiling = rounds
-                .of(0)
+                .of(NGINX)
                 .iter()
                 .map(|m| m.run.rps)
                 .fold(ceiling, f64::max);
@@ -300,7 +305,7 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
                 .cpu_us(index)
                 .map_or_else(|| "?".to_owned(), |us| format!("{us:.2}"));
             // A figure near the client's ceiling may be wrk's limit, not the server's.
-            let bound = if index != 0 && runs.iter().any(|m| m.run.rps > 0.8 * ceiling) {
+            let bound = if index != NGINX && runs.iter().any(|m| m.run.rps > 0.8 * ceiling) {
                 " (client-bound)"
             } else {
                 ""
@@ -310,19 +315,19 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
                 server.name,
                 rps[index],
                 each.join(", "),
-                rps[index] / rps[1],
-                rps[index] / rps[2],
-                rps[index] / rps[0],
+                rps[index] / rps[BARE],
+                rps[index] / rps[BARE_NODELAY],
+                rps[index] / rps[NGINX],
             ));
-            if index != 1 && index != 2 {
+            if index != BARE && index != BARE_NODELAY {
                 let cpu = rounds
-                    .cpu_ratios(index, 1)
+                    .cpu_ratios(index, BARE)
                     .map_or_else(|| "?".to_owned(), |spread| spread.to_string());
                 within.push(format!(
                     "| {kind:?} | {} | {} | {} | {cpu} |",
                     server.name,
-                    rounds.ratios(index, 1),
-                    rounds.ratios(index, 2),
+                    rounds.ratios(index, BARE),
+                    rounds.ratios(index, BARE_NODELAY),
                 ));
             }
         }
@@ -346,7 +351,7 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
     println!(
         "\nWithin each round (the servers of a round run seconds apart, so the machine's drift \
          hits them alike): the median of the rounds' ratios, its 95 % confidence interval \
-         (distribution-free, from 9 rounds on) and their range\n"
+         (distribution-free, from 8 rounds on) and their range\n"
     );
     println!(
         "| load | server | req/s ÷ bare axum's | req/s ÷ bare axum's, TCP_NODELAY | bare axum's CPU per request ÷ this server's |"

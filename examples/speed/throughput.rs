@@ -106,7 +106,7 @@ pub(crate) struct Spread {
     pub(crate) median: f64,
     /// The order statistics `x(k)` and `x(n+1-k)` (1-based) around the median, with `k = n/2 -
     /// 0.98·√n` rounded down: the normal approximation to the binomial, which needs no
-    /// assumption about how the figures are distributed. `None` under 6 figures.
+    /// assumption about how the figures are distributed. `None` under 8 figures (`k` < 1).
     confidence: Option<(f64, f64)>,
     min: f64,
     max: f64,
@@ -117,7 +117,7 @@ impl Spread {
         values.sort_by(f64::total_cmp);
         let n = values.len();
         let k = (n as f64 / 2.0 - 0.98 * (n as f64).sqrt()).floor();
-        let confidence = (n >= 6 && k >= 1.0).then(|| {
+        let confidence = (k >= 1.0).then(|| {
             let k = k as usize;
             (values[k - 1], values[n - k])
         });
