@@ -1,7 +1,7 @@
 //! Which database a URL names, and what each back end needs so that two generations can share
 //! it: the connect options, and the statements every new connection runs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -79,6 +79,28 @@ pub(super) fn connect_options(
         }
     }
     AnyConnectOptions::from_url(&parsed).map_err(|err| bad(err.to_string()))
+}
+
+/// The file a SQLite URL names, and whether opening may create it, when the URL asks for
+/// nothing but that (no parameter other than `mode=rw` or `rwc`, not in memory): what
+/// `direct` opens as sqlx would. `create` applies when the URL has no `mode`.
+pub(super) fn plain_sqlite_file(url: &SecretUrl, create: Create) -> Option<(PathBuf, Create)> {
+    let parsed = url::Url::parse(url.expose()).ok()?;
+    let mut create = create;
+    for (key, value) in parsed.query_pairs() {
+        create = match (&*key, &*value) {
+            ("mode", "rw") => Create::Never,
+            ("mode", "rwc") => Create::IfMissing,
+            _ => return None,
+        };
+    }
+    let options = SqliteConnectOptions::from_str(url.expose()).ok()?;
+    let file = options.get_filename();
+    // `sqlite::memory:` becomes a shared-cache `file:` name.
+    if file.as_os_str().is_empty() || file.to_str().is_some_and(|f| f.starts_with("file:")) {
+        return None;
+    }
+    Some((file.to_path_buf(), create))
 }
 
 /// Whether `url` names a SQLite file that does not exist (yet).
@@ -198,4 +220,43 @@ pub(super) async fn prepare_file(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(url: &str) -> Option<(PathBuf, Create)> {
+        plain_sqlite_file(&SecretUrl::new(url), Create::IfMissing)
+    }
+
+    #[test]
+    fn a_plain_file_url_names_its_file_and_its_mode() {
+        assert_eq!(
+            plain("sqlite://data/baton.db"),
+            Some(("data/baton.db".into(), Create::IfMissing))
+        );
+        assert_eq!(
+            plain("sqlite:///var/lib/baton/baton.db?mode=rw"),
+            Some(("/var/lib/baton/baton.db".into(), Create::Never))
+        );
+        assert_eq!(
+            plain("sqlite://data/baton.db?mode=rwc"),
+            Some(("data/baton.db".into(), Create::IfMissing))
+        );
+    }
+
+    #[test]
+    fn anything_more_than_a_file_is_not_plain() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://data/baton.db?mode=ro",
+            "sqlite://data/baton.db?mode=memory",
+            "sqlite://data/baton.db?cache=shared",
+            "sqlite://data/baton.db?immutable=true",
+            "sqlite://data/baton.db?vfs=unix-dotfile",
+        ] {
+            assert_eq!(plain(url), None, "{url}");
+        }
+    }
 }

@@ -26,6 +26,13 @@ use super::error::DbError;
 /// The table sqlx keeps its bookkeeping in.
 const TABLE: &str = "_sqlx_migrations";
 
+/// Whether SQLite holds sqlx's table: a count, 0 or 1.
+pub(super) const SQLITE_HAS_TABLE: &str =
+    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+
+/// The migrations applied, as `version, checksum` (see [`Migrations::not_in`]).
+pub(super) const APPLIED: &str = "SELECT version, checksum FROM _sqlx_migrations WHERE success";
+
 /// Where a development build may read its migrations from instead (see [`Migrations::from_env`]).
 pub const MIGRATIONS_DIR_VAR: &str = "BATON_MIGRATIONS_DIR";
 
@@ -160,18 +167,15 @@ impl Migrations {
         }
     }
 
-    /// What [`Migrations::apply`] would apply now, read without writing anything. A migration
-    /// the database holds with other contents than this binary's is an error, as sqlx's own
-    /// run would say.
+    /// What [`Migrations::apply`] would apply now, read without writing anything (see
+    /// [`Migrations::not_in`]).
     pub(super) async fn pending(
         &self,
         backend: Backend,
         conn: &mut AnyConnection,
     ) -> Result<Vec<MigrationInfo>, DbError> {
         let has_table = match backend {
-            Backend::Sqlite => sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-            ),
+            Backend::Sqlite => sqlx::query_scalar::<_, i64>(SQLITE_HAS_TABLE),
             Backend::Postgres => sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM pg_catalog.pg_tables \
                  WHERE tablename = '_sqlx_migrations' AND schemaname = ANY (current_schemas(false))",
@@ -181,12 +185,21 @@ impl Migrations {
         .await?
             > 0;
         let applied: Vec<(i64, Vec<u8>)> = if has_table {
-            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
-                .fetch_all(&mut *conn)
-                .await?
+            sqlx::query_as(APPLIED).fetch_all(&mut *conn).await?
         } else {
             Vec::new()
         };
+        self.not_in(backend, &applied)
+    }
+
+    /// Those of `backend` that `applied` (the `version, checksum` of `_sqlx_migrations`'s
+    /// successful rows) does not hold. One this binary knows with other contents is an error,
+    /// as sqlx's own run would say.
+    pub(super) fn not_in(
+        &self,
+        backend: Backend,
+        applied: &[(i64, Vec<u8>)],
+    ) -> Result<Vec<MigrationInfo>, DbError> {
         let mut pending = Vec::new();
         for migration in self.of(backend).iter().filter(|m| is_up(m)) {
             match applied

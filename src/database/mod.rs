@@ -5,7 +5,8 @@
 //! - **Start**, which for a new generation is before it reports ready: connect with the
 //!   pools' settings and session, apply the pending migrations under a lock (`migrate`). Any
 //!   failure stops the start, so at an upgrade the old generation keeps serving and `baton
-//!   upgrade` prints the reason. The pools open their first connections meanwhile, from the
+//!   upgrade` prints the reason. On SQLite the usual case, nothing pending, is confirmed on the
+//!   starting thread instead (`direct`), without sqlx's connection thread. The pools open their first connections meanwhile, from the
 //!   background work ([`Db::spawn_background`]: the health check and SQLite's log restart
 //!   start at once), not as a step of the start.
 //! - **Reload**: a changed `[database]` is applied by building new pools, checking them
@@ -24,6 +25,7 @@
 //!   busy timeout, statement timeout).
 //! - `pool`: [`Pools`], the connections of one configuration, and their stats.
 //! - `migrate`: the migrations built into the binary, applied under a lock.
+//! - `direct`: SQLite's check at start that nothing is pending, on the starting thread.
 //! - `health`: the background check.
 //! - `checkpoint`: SQLite's write-ahead log kept small.
 //! - `reload`: the reload participant that builds, checks and swaps pools.
@@ -31,6 +33,7 @@
 
 mod backend;
 mod checkpoint;
+mod direct;
 mod error;
 mod health;
 mod migrate;
@@ -51,7 +54,9 @@ pub use migrate::{MIGRATIONS_DIR_VAR, MigrationInfo, Migrations};
 pub use pool::{PoolStats, Pools};
 
 use crate::settings::{self, ReloadParticipant};
-use backend::{Create, connect_direct, connect_options, prepare_file, session_statements};
+use backend::{
+    Create, connect_direct, connect_options, plain_sqlite_file, prepare_file, session_statements,
+};
 use health::Health;
 use pool::Shared;
 
@@ -84,10 +89,11 @@ pub struct DbStatus {
 
 impl Db {
     /// Connects, applies the pending migrations (under the lock), and builds the pools. Run
-    /// before the process says it is ready.
+    /// before the process says it is ready. A SQLite file that `direct` finds up to date is not
+    /// connected to through sqlx at all here.
     ///
-    /// The migration's connection is the start's check that the database answers with these
-    /// settings: the pools connect with the same options and run the same session statements,
+    /// That check's connection, or else the migration's, is the start's check that the
+    /// database answers with these settings: the pools connect with the same options and run the same session statements,
     /// so a check of their own would prove nothing more, and it cost about 1 ms of the start
     /// (two more SQLite connections, each on its own thread). Their first connections open in
     /// the background, within the first milliseconds ([`Db::spawn_background`]).
@@ -99,17 +105,27 @@ impl Db {
         let backend = Backend::of(&settings.url)?;
         let shared = Arc::new(Shared::default());
         let (options, statements) = recipe(settings, backend, Create::IfMissing)?;
-        let applied = on_one_connection(
-            Closing::InBackground,
-            settings,
-            &options,
-            &statements,
-            async |conn| {
-                prepare_file(conn, backend).await?;
-                migrations.apply(backend, conn).await
-            },
-        )
-        .await?;
+        // Blocking, on the thread that runs the start: nothing waits on it then, and a local
+        // file waits only for another process's lock, and no longer than the busy timeout.
+        let checked_here = backend == Backend::Sqlite
+            && plain_sqlite_file(&settings.url, Create::IfMissing).is_some_and(|(file, create)| {
+                direct::up_to_date(&file, create, &statements, &migrations)
+            });
+        let applied = if checked_here {
+            Vec::new()
+        } else {
+            on_one_connection(
+                Closing::InBackground,
+                settings,
+                &options,
+                &statements,
+                async |conn| {
+                    prepare_file(conn, backend).await?;
+                    migrations.apply(backend, conn).await
+                },
+            )
+            .await?
+        };
         for migration in &applied {
             tracing::info!(%migration, backend = backend.name(), "migration applied");
         }
