@@ -15,20 +15,26 @@ use rusqlite::{Connection, OpenFlags};
 use super::backend::{Backend, Create};
 use super::migrate::{APPLIED, Migrations, SQLITE_HAS_TABLE};
 
+/// The connection that confirmed a file up to date. Closing it takes 0.1 ms (SQLite unmaps
+/// the log's index and closes its files), which the caller need not wait for: drop it where
+/// the start does not wait.
+#[derive(Debug)]
+pub(super) struct Confirmed(#[allow(dead_code, reason = "held only to be dropped")] Connection);
+
 /// Whether the SQLite file at `file` is ready for this binary as it is: opened (created if
-/// `create` allows) with `statements` run, in WAL mode, and nothing pending. `false` says
+/// `create` allows) with `statements` run, in WAL mode, and nothing pending. `None` says
 /// only that this could not be confirmed here; the caller then takes sqlx's path.
 pub(super) fn up_to_date(
     file: &Path,
     create: Create,
     statements: &[String],
     migrations: &Migrations,
-) -> bool {
+) -> Option<Confirmed> {
     match confirm(file, create, statements, migrations) {
-        Ok(()) => true,
+        Ok(conn) => Some(Confirmed(conn)),
         Err(why) => {
             tracing::debug!(file = %file.display(), why, "SQLite checked through sqlx instead");
-            false
+            None
         }
     }
 }
@@ -38,7 +44,7 @@ fn confirm(
     create: Create,
     statements: &[String],
     migrations: &Migrations,
-) -> Result<(), String> {
+) -> Result<Connection, String> {
     // As sqlx opens it (`establish.rs`): a URI-capable name, no mutex, a private cache.
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_URI
@@ -72,7 +78,7 @@ fn confirm(
         .not_in(Backend::Sqlite, &applied)
         .map_err(|e| e.to_string())?;
     if pending.is_empty() {
-        Ok(())
+        Ok(conn)
     } else {
         Err(format!("{} migration(s) pending", pending.len()))
     }
@@ -111,10 +117,7 @@ mod tests {
     async fn a_migrated_database_is_confirmed_here() {
         let (_dir, file) = migrated().await;
         let migrations = Migrations::built_in();
-        assert_eq!(
-            confirm(&file, Create::Never, &statements(), &migrations),
-            Ok(())
-        );
+        assert!(confirm(&file, Create::Never, &statements(), &migrations).is_ok());
     }
 
     #[test]
@@ -124,8 +127,8 @@ mod tests {
         let migrations = Migrations::built_in();
         let pending = migrations.all(Backend::Sqlite).len();
         assert_eq!(
-            confirm(&file, Create::IfMissing, &statements(), &migrations),
-            Err(format!("{pending} migration(s) pending"))
+            confirm(&file, Create::IfMissing, &statements(), &migrations).err(),
+            Some(format!("{pending} migration(s) pending"))
         );
         // Left in WAL mode, as sqlx's path would leave it.
         let conn = Connection::open(&file).expect("the file exists now");
@@ -140,12 +143,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         let file = dir.path().join("absent.db");
         let migrations = Migrations::built_in();
-        assert!(!up_to_date(
-            &file,
-            Create::Never,
-            &statements(),
-            &migrations
-        ));
+        assert!(up_to_date(&file, Create::Never, &statements(), &migrations).is_none());
         assert!(!file.exists());
     }
 
@@ -171,11 +169,6 @@ mod tests {
             "not a database, but long enough to have a header: ".repeat(20),
         )
         .expect("the file can be written");
-        assert!(!up_to_date(
-            &file,
-            Create::Never,
-            &statements(),
-            &Migrations::built_in()
-        ));
+        assert!(up_to_date(&file, Create::Never, &statements(), &Migrations::built_in()).is_none());
     }
 }

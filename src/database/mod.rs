@@ -107,11 +107,12 @@ impl Db {
         let (options, statements) = recipe(settings, backend, Create::IfMissing)?;
         // Blocking, on the thread that runs the start: nothing waits on it then, and a local
         // file waits only for another process's lock, and no longer than the busy timeout.
-        let checked_here = backend == Backend::Sqlite
-            && plain_sqlite_file(&settings.url, Create::IfMissing).is_some_and(|(file, create)| {
-                direct::up_to_date(&file, create, &statements, &migrations)
-            });
-        let applied = if checked_here {
+        let confirmed = (backend == Backend::Sqlite)
+            .then(|| plain_sqlite_file(&settings.url, Create::IfMissing))
+            .flatten()
+            .and_then(|(file, create)| direct::up_to_date(&file, create, &statements, &migrations));
+        let applied = if let Some(confirmed) = confirmed {
+            tokio::spawn(async move { drop(confirmed) });
             Vec::new()
         } else {
             on_one_connection(
