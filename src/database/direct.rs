@@ -2,11 +2,13 @@
 //! session, is in WAL mode, and holds every migration of this binary.
 //!
 //! Why not through sqlx, as everything else is: a sqlx SQLite connection is a thread of its
-//! own, and each statement is a round trip to it, so the same check took 0.6-0.9 ms there
-//! against 0.2-0.3 ms here, of a start that takes 5 ms (BENCHMARKS.md, "The database step on
-//! the starting thread"). It is the only SQL this process runs outside sqlx, and it only
-//! reads: anything it cannot confirm (a pending migration, an error, a URL asking for more
-//! than a plain file) sends the start down sqlx's path, which applies or reports it as before.
+//! own, and each statement is a round trip to it, so the same check took 1.1-1.5 ms of a new
+//! generation's start there, against 0.45-0.75 ms here, of a start of about 5 ms
+//! (BENCHMARKS.md, "session 17: SQLite's start check on the starting thread"). It is the only
+//! SQL this process runs outside sqlx, and it does nothing sqlx's path would not (create the
+//! file where the URL allows, switch it to WAL). Anything it cannot confirm (a pending
+//! migration, an edited one, an error, a URL asking for more than a plain file) sends the
+//! start down sqlx's path, which applies or reports it as before.
 
 use std::path::Path;
 
@@ -15,23 +17,20 @@ use rusqlite::{Connection, OpenFlags};
 use super::backend::{Backend, Create};
 use super::migrate::{APPLIED, Migrations, SQLITE_HAS_TABLE};
 
-/// The connection that confirmed a file up to date. Closing it takes 0.1 ms (SQLite unmaps
-/// the log's index and closes its files), which the caller need not wait for: drop it where
-/// the start does not wait.
-#[derive(Debug)]
-pub(super) struct Confirmed(#[allow(dead_code, reason = "held only to be dropped")] Connection);
-
 /// Whether the SQLite file at `file` is ready for this binary as it is: opened (created if
 /// `create` allows) with `statements` run, in WAL mode, and nothing pending. `None` says
 /// only that this could not be confirmed here; the caller then takes sqlx's path.
+///
+/// `Some` holds the connection that confirmed it. Closing it takes 0.1 ms (SQLite unmaps the
+/// log's index and closes its files), which the start need not wait for: drop it elsewhere.
 pub(super) fn up_to_date(
     file: &Path,
     create: Create,
     statements: &[String],
     migrations: &Migrations,
-) -> Option<Confirmed> {
+) -> Option<Connection> {
     match confirm(file, create, statements, migrations) {
-        Ok(conn) => Some(Confirmed(conn)),
+        Ok(conn) => Some(conn),
         Err(why) => {
             tracing::debug!(file = %file.display(), why, "SQLite checked through sqlx instead");
             None

@@ -112,6 +112,7 @@ impl Db {
             .flatten()
             .and_then(|(file, create)| direct::up_to_date(&file, create, &statements, &migrations));
         let applied = if let Some(confirmed) = confirmed {
+            // Closed off the start.
             tokio::spawn(async move { drop(confirmed) });
             Vec::new()
         } else {
