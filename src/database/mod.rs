@@ -6,9 +6,9 @@
 //!   pools' settings and session, apply the pending migrations under a lock (`migrate`). Any
 //!   failure stops the start, so at an upgrade the old generation keeps serving and `baton
 //!   upgrade` prints the reason. On SQLite the usual case, nothing pending, is confirmed on the
-//!   starting thread instead (`direct`), without sqlx's connection thread. The pools open their first connections meanwhile, from the
-//!   background work ([`Db::spawn_background`]: the health check and SQLite's log restart
-//!   start at once), not as a step of the start.
+//!   starting thread instead (`direct`), without sqlx's connection thread. The pools open
+//!   their first connections meanwhile, from the background work ([`Db::spawn_background`]:
+//!   the health check and SQLite's log restart start at once), not as a step of the start.
 //! - **Reload**: a changed `[database]` is applied by building new pools, checking them
 //!   (connect, `SELECT 1`, no migration missing), then swapping them ([`Db`] is an `ArcSwap`);
 //!   anything wrong rejects the reload and the old pools keep serving (`reload`). Replaced pools
@@ -93,9 +93,9 @@ impl Db {
     /// connected to through sqlx at all here.
     ///
     /// That check's connection, or else the migration's, is the start's check that the
-    /// database answers with these settings: the pools connect with the same options and run the same session statements,
-    /// so a check of their own would prove nothing more, and it cost about 1 ms of the start
-    /// (two more SQLite connections, each on its own thread). Their first connections open in
+    /// database answers with these settings: the pools connect with the same options and run
+    /// the same session statements, so a check of their own would prove nothing more, and it
+    /// cost about 1 ms of the start (two more SQLite connections, each on its own thread). Their first connections open in
     /// the background, within the first milliseconds ([`Db::spawn_background`]).
     pub async fn open(
         settings: &settings::Database,
