@@ -95,8 +95,9 @@ impl Db {
     /// That check's connection, or else the migration's, is the start's check that the
     /// database answers with these settings: the pools connect with the same options and run
     /// the same session statements, so a check of their own would prove nothing more, and it
-    /// cost about 1 ms of the start (two more SQLite connections, each on its own thread). Their first connections open in
-    /// the background, within the first milliseconds ([`Db::spawn_background`]).
+    /// cost about 1 ms of the start (two more SQLite connections, each on its own thread).
+    /// Their first connections open in the background, within the first milliseconds
+    /// ([`Db::spawn_background`]).
     pub async fn open(
         settings: &settings::Database,
         migrations: Migrations,
