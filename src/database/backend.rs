@@ -201,6 +201,14 @@ pub(super) async fn connect_direct(
     }
 }
 
+/// Switches the file to WAL mode; answers the mode in force (see [`is_wal`]).
+pub(super) const SET_WAL: &str = "PRAGMA journal_mode = WAL";
+
+/// Whether [`SET_WAL`]'s answer says the file is in WAL mode.
+pub(super) fn is_wal(mode: &str) -> bool {
+    mode.eq_ignore_ascii_case("wal")
+}
+
 /// Once per database file: WAL mode, which is a property of the file and is kept. Without it
 /// a reader blocks a writer, and the two generations of an upgrade would block each other.
 pub(super) async fn prepare_file(
@@ -210,10 +218,8 @@ pub(super) async fn prepare_file(
     if backend != Backend::Sqlite {
         return Ok(());
     }
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !mode.eq_ignore_ascii_case("wal") {
+    let mode: String = sqlx::query_scalar(SET_WAL).fetch_one(&mut *conn).await?;
+    if !is_wal(&mode) {
         return Err(DbError::Setup(format!(
             "SQLite could not switch the database to WAL mode (it stays in {mode:?} mode); \
              keep the file on a local file system"

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::backend::{Backend, Create};
+use super::backend::{Backend, Create, SET_WAL, is_wal};
 use super::migrate::{APPLIED, Migrations, SQLITE_HAS_TABLE};
 
 /// Whether the SQLite file at `file` is ready for this binary as it is: opened (created if
@@ -56,9 +56,9 @@ fn confirm(
     conn.execute_batch(&statements.join(";\n"))
         .map_err(|e| e.to_string())?;
     let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .query_row(SET_WAL, [], |row| row.get(0))
         .map_err(|e| e.to_string())?;
-    if !mode.eq_ignore_ascii_case("wal") {
+    if !is_wal(&mode) {
         return Err(format!("journal mode {mode}"));
     }
     let has_table: i64 = conn
