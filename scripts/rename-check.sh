@@ -17,7 +17,8 @@
 # Environment:
 #   RENAME_CHECK_TARGET_DIR  where the renamed copy builds (default: this tree's own target
 #                            directory, so that the dependencies it built are not built again;
-#                            the renamed crate's files have their own names there)
+#                            the renamed crate's files have their own names there, and
+#                            are removed when the check is done)
 #   RENAME_CHECK_KEEP=1      keep the renamed copy and print where it is
 set -euo pipefail
 
@@ -108,3 +109,7 @@ cargo test --workspace --locked "${tests[@]}"
 version="$("$target_dir/debug/$name" --version)"
 [[ "$version" == "$name "* ]] || fail "\`$name --version\` says \"$version\""
 echo "renamed to $name: builds, tests pass, \`$name --version\` says \"$version\""
+# The renamed crate's builds sit beside the original's under their own names: a second copy of
+# every test binary, which nothing uses once the check is done. Its dependencies stay.
+echo "+ cargo clean --package $name (its builds only; CARGO_TARGET_DIR=$target_dir)"
+cargo clean --locked --package "$name"
