@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release --bin baton --example bare_axum --example speed
 //! target/release/examples/speed [--rounds 3] [--seconds 5] [--connections 50] [--upgrades 10] [--pin]
+//!                               [--pipeline 16]
 //! target/release/examples/speed --crowd 2000,5000 [--rounds 3] [--seconds 5] [--crowd-upgrades 3]
 //! target/release/examples/speed --handover-only [--upgrades 10] [--compare OTHER_BATON]
 //! ```
@@ -15,12 +16,17 @@
 //! defaults. Then:
 //! 1. **Calibration**: wrk against nginx, the cheapest server here. Its req/s is a lower bound
 //!    of what wrk can send on this machine; a server above 80 % of it is marked client-bound
-//!    (wrk, not the server, may be what limits it), and its ratio is not a result.
+//!    (wrk, not the server, may be what limits it), and its ratio is not a result. With
+//!    `--pin`, wrk has a core of its own and its CPU time says it directly: a server is marked
+//!    client-bound when its runs kept wrk's core 90 % busy or more (median; the `wrk busy`
+//!    column, printed in both modes).
 //! 2. **Throughput**: each server in turn, keep-alive and `Connection: close`, in interleaved
 //!    rounds whose order rotates, so a neighbour's burst does not favour one server; the
 //!    medians and the ratios to both bare axums and nginx, each server's CPU time per request,
 //!    and the ratios within each round (the median, its 95 % confidence interval and the
-//!    range), which the machine's drift between rounds does not move.
+//!    range), which the machine's drift between rounds does not move. With `--pipeline N`,
+//!    also keep-alive with N requests per write: where wrk's plain keep-alive ceiling is
+//!    within reach of the servers, the pipelined load has a ceiling of its own, well above.
 //! 3. **Handover**: K upgrades (SIGUSR2) idle and K under wrk keep-alive load: from the signal
 //!    until a new connection is answered by the new pid, and the new generation's own figures
 //!    from `/-/status` (request to spawn, request to ready, so spawn to ready).
@@ -108,12 +114,22 @@ struct Options {
     /// time per request is its own, whatever the scheduler does. Needs `taskset` (util-linux).
     #[arg(long)]
     pin: bool,
+    /// Also a keep-alive load with DEPTH requests pipelined per write on each connection: it
+    /// costs wrk several times less per request, so it measures the servers where the plain
+    /// keep-alive load is client-bound. Compare with bare axum under TCP_NODELAY: without it,
+    /// Nagle's algorithm holds the second response of a batch for the client's delayed ACK.
+    #[arg(long, value_name = "DEPTH", value_parser = clap::value_parser!(u32).range(2..=256))]
+    pipeline: Option<u32>,
 }
 
 /// The first servers of the wrk comparison, in this order: the ratios are to them.
 const NGINX: usize = 0;
 const BARE: usize = 1;
 const BARE_NODELAY: usize = 2;
+
+/// With `--pin`, a server whose runs kept wrk's core this busy (median) is marked client-bound:
+/// wrk, not the server, was then the limit.
+const CLIENT_BUSY: f64 = 0.9;
 
 /// Where `--pin` puts the servers and wrk.
 const SERVER_CPU: usize = 1;
@@ -279,7 +295,13 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
     servers.extend(other.as_ref().map(|b| &b.server));
     let mut rows = Vec::new();
     let mut within = Vec::new();
-    for kind in [Kind::KeepAlive, Kind::Close] {
+    let kinds = [
+        Some(Kind::KeepAlive),
+        Some(Kind::Close),
+        options.pipeline.map(Kind::Pipelined),
+    ];
+    let mut pipelined_ceiling = None;
+    for kind in kinds.into_iter().flatten() {
         let rounds = throughput::rounds(
             client,
             &servers,
@@ -289,13 +311,21 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
             options.rounds,
         )?;
         clean &= (0..servers.len()).all(|index| rounds.of(index).iter().all(|m| m.run.errors == 0));
-        if kind == Kind::KeepAlive {
-            ceiling = rounds
-                .of(NGINX)
-                .iter()
-                .map(|m| m.run.rps)
-                .fold(ceiling, f64::max);
-        }
+        let best_nginx = rounds
+            .of(NGINX)
+            .iter()
+            .map(|m| m.run.rps)
+            .fold(ceiling, f64::max);
+        // What the client can do for this load: a pipelined request costs wrk less than a
+        // plain one, so its ceiling is its own.
+        let ceiling = match kind {
+            Kind::KeepAlive => {
+                ceiling = best_nginx;
+                ceiling
+            }
+            Kind::Close => ceiling,
+            Kind::Pipelined(_) => *pipelined_ceiling.insert(best_nginx),
+        };
         let rps: Vec<f64> = (0..servers.len()).map(|i| rounds.rps(i)).collect();
         for (index, server) in servers.iter().enumerate() {
             let runs = rounds.of(index);
@@ -304,24 +334,39 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
             let cpu = rounds
                 .cpu_us(index)
                 .map_or_else(|| "?".to_owned(), |us| format!("{us:.2}"));
-            // A figure near the client's ceiling may be wrk's limit, not the server's.
-            let bound = if index != NGINX && runs.iter().any(|m| m.run.rps > 0.8 * ceiling) {
+            let busy = median(runs.iter().filter_map(|m| m.run.client_busy).collect());
+            // Pinned, wrk has a core of its own, and how busy it kept it says whether it was
+            // the limit. Sharing the cores with the server, it cannot be told apart from the
+            // server's share: then a figure near the client's ceiling may be wrk's limit.
+            let client_bound = if client.cpu.is_some() {
+                busy >= CLIENT_BUSY
+            } else {
+                runs.iter().any(|m| m.run.rps > 0.8 * ceiling)
+            };
+            let bound = if index != NGINX && client_bound {
                 " (client-bound)"
             } else {
                 ""
             };
             rows.push(format!(
-                "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {cpu} | {:.2} | {:.2} | {:.2} |",
+                "| {kind:?} | {} | {:.0}{bound} | {p99:.2} | {} | {cpu} | {:.0} % | {:.2} | {:.2} | {:.2} |",
                 server.name,
                 rps[index],
                 each.join(", "),
+                busy * 100.0,
                 rps[index] / rps[BARE],
                 rps[index] / rps[BARE_NODELAY],
                 rps[index] / rps[NGINX],
             ));
             if index != BARE && index != BARE_NODELAY {
+                // Pipelined, bare axum without TCP_NODELAY waits on delayed ACKs: the other
+                // is the one to compare with.
+                let cpu_base = match kind {
+                    Kind::Pipelined(_) => BARE_NODELAY,
+                    Kind::KeepAlive | Kind::Close => BARE,
+                };
                 let cpu = rounds
-                    .cpu_ratios(index, BARE)
+                    .cpu_ratios(index, cpu_base)
                     .map_or_else(|| "?".to_owned(), |spread| spread.to_string());
                 within.push(format!(
                     "| {kind:?} | {} | {} | {} | {cpu} |",
@@ -341,10 +386,16 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
          nginx, the cheapest server): {ceiling:.0} req/s\n",
         client.threads, options.connections, options.seconds, options.rounds
     );
+    if let (Some(depth), Some(pipelined)) = (options.pipeline, pipelined_ceiling) {
+        println!(
+            "Pipelined({depth}): {depth} requests per write on each connection; client ceiling \
+             for it (best wrk figure against nginx, pipelined): {pipelined:.0} req/s\n"
+        );
+    }
     println!(
-        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | CPU µs per request (median) | vs bare axum | vs bare axum, TCP_NODELAY | vs nginx |"
+        "| load | server | req/s (median) | p99 ms (median) | rounds (req/s) | CPU µs per request (median) | wrk busy (median) | vs bare axum | vs bare axum, TCP_NODELAY | vs nginx |"
     );
-    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
         println!("{row}");
     }
@@ -354,7 +405,7 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
          (distribution-free, from 8 rounds on) and their range\n"
     );
     println!(
-        "| load | server | req/s ÷ bare axum's | req/s ÷ bare axum's, TCP_NODELAY | bare axum's CPU per request ÷ this server's |"
+        "| load | server | req/s ÷ bare axum's | req/s ÷ bare axum's, TCP_NODELAY | bare axum's CPU per request ÷ this server's (pipelined: with TCP_NODELAY) |"
     );
     println!("| --- | --- | ---: | ---: | ---: |");
     for row in within {

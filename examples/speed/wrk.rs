@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::TimeVal;
+
 use crate::{SpeedError, io};
 
 /// What one wrk run measured.
@@ -17,13 +20,30 @@ pub(crate) struct Run {
     pub(crate) max_ms: f64,
     /// Socket errors plus non-2xx/3xx responses.
     pub(crate) errors: u64,
+    /// wrk's own CPU time over the run, as a share of what its threads could have used (1.0:
+    /// every wrk thread busy throughout, the client is the limit). `None` if not measured.
+    pub(crate) client_busy: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Kind {
     KeepAlive,
     Close,
+    /// Keep-alive with this many requests written at once on each connection (wrk with
+    /// [`PIPELINE_SCRIPT`]): wrk's cost per request falls several-fold, so on a machine where
+    /// the plain keep-alive load is client-bound the servers become the limit again.
+    Pipelined(u32),
 }
+
+/// TechEmpower's `pipeline.lua`: the request repeated `depth` (the script's argument) times
+/// in one buffer, which wrk writes whole and whose responses it counts one by one.
+const PIPELINE_SCRIPT: &str = "init = function(args)\n\
+     local depth = tonumber(args[1]) or 1\n\
+     local r = {}\n\
+     for i = 1, depth do r[i] = wrk.format(nil) end\n\
+     req = table.concat(r)\n\
+     end\n\
+     request = function() return req end\n";
 
 /// How wrk runs: its threads, and the one CPU it is confined to, if any (`--pin`).
 #[derive(Debug, Clone, Copy)]
@@ -63,16 +83,52 @@ pub(crate) fn wrk(
         &format!("-d{seconds}s"),
         "--latency",
     ]);
-    if kind == Kind::Close {
-        command.args(["-H", "Connection: close"]);
+    // Kept until wrk has read it, when this function returns.
+    let mut script = None;
+    match kind {
+        Kind::KeepAlive => {}
+        Kind::Close => {
+            command.args(["-H", "Connection: close"]);
+        }
+        Kind::Pipelined(_) => {
+            let file = tempfile::Builder::new()
+                .suffix(".lua")
+                .tempfile()
+                .map_err(io("create wrk's pipeline script"))?;
+            std::fs::write(file.path(), PIPELINE_SCRIPT)
+                .map_err(io("write wrk's pipeline script"))?;
+            command.arg("-s").arg(file.path());
+            script = Some(file);
+        }
     }
+    command.arg(format!("http://{addr}/"));
+    if let Kind::Pipelined(depth) = kind {
+        // The script's arguments follow the URL.
+        command.args(["--", &depth.to_string()]);
+    }
+    // wrk is the only child reaped meanwhile (the servers run on), so the children's CPU time
+    // grows by wrk's alone.
+    let before = children_cpu();
     let output = command
-        .arg(format!("http://{addr}/"))
         .stdin(Stdio::null())
         .output()
         .map_err(io("run wrk"))?;
+    let after = children_cpu();
+    drop(script);
     let text = String::from_utf8_lossy(&output.stdout);
-    parse_wrk(&text).ok_or_else(|| SpeedError::Failed(format!("cannot read wrk's output:\n{text}")))
+    let mut run = parse_wrk(&text)
+        .ok_or_else(|| SpeedError::Failed(format!("cannot read wrk's output:\n{text}")))?;
+    run.client_busy = before
+        .zip(after)
+        .map(|(before, after)| (after - before) / (seconds as f64 * client.threads as f64));
+    Ok(run)
+}
+
+/// User plus system CPU seconds of this process's reaped children.
+fn children_cpu() -> Option<f64> {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).ok()?;
+    let seconds = |t: TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some(seconds(usage.user_time()) + seconds(usage.system_time()))
 }
 
 /// A wrk duration (`900.00us`, `1.61ms`, `1.02s`, `2.00m`) in ms.
@@ -121,6 +177,7 @@ fn parse_wrk(text: &str) -> Option<Run> {
         p99_ms,
         max_ms,
         errors: non_2xx + socket,
+        client_busy: None,
     })
 }
 
