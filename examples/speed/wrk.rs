@@ -30,8 +30,8 @@ pub(crate) enum Kind {
     KeepAlive,
     Close,
     /// Keep-alive with this many requests written at once on each connection (wrk with
-    /// [`PIPELINE_SCRIPT`]): wrk's cost per request falls several-fold, so on a machine where
-    /// the plain keep-alive load is client-bound the servers become the limit again.
+    /// [`PIPELINE_SCRIPT`]): wrk's cost per request falls by more than half, so on a machine
+    /// where the plain keep-alive load is client-bound the servers become the limit again.
     Pipelined(u32),
 }
 
