@@ -317,14 +317,13 @@ fn run(options: &Options) -> Result<bool, SpeedError> {
             .iter()
             .map(|m| m.run.rps)
             .fold(ceiling, f64::max);
-        // What the client can do for this load: a pipelined request costs wrk less than a
-        // plain one, so its ceiling is its own.
+        // What the client can do for this load: close is judged by the keep-alive ceiling; a
+        // pipelined request costs wrk less than a plain one, so that load has its own.
+        if kind == Kind::KeepAlive {
+            ceiling = best_nginx;
+        }
         let ceiling = match kind {
-            Kind::KeepAlive => {
-                ceiling = best_nginx;
-                ceiling
-            }
-            Kind::Close => ceiling,
+            Kind::KeepAlive | Kind::Close => ceiling,
             Kind::Pipelined(_) => *pipelined_ceiling.insert(best_nginx),
         };
         let rps: Vec<f64> = (0..servers.len()).map(|i| rounds.rps(i)).collect();

@@ -83,7 +83,7 @@ pub(crate) fn wrk(
         &format!("-d{seconds}s"),
         "--latency",
     ]);
-    // Kept until wrk has read it, when this function returns.
+    // The pipeline script's file, removed once wrk has run.
     let mut script = None;
     match kind {
         Kind::KeepAlive => {}
